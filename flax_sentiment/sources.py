@@ -50,7 +50,9 @@ def resolve_pip(name: str) -> Path:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    """Hub ids are `name` or `org/name`; anything else is meant as a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (
+        os.sep != "/" and os.sep in name)
 
 
 def resolve(name_or_path: str, *, allow_patterns: list[str] | None = None,

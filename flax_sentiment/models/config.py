@@ -21,7 +21,8 @@ class EncoderConfig:
     num_heads: int
     intermediate_size: int
     max_position_embeddings: int
-    embedding_size: int  # != hidden_size -> a projection after the embeddings (ALBERT, ELECTRA)
+    embedding_size: int
+    project_embeddings: bool = False  # a dense layer embedding_size -> hidden (ALBERT, ELECTRA)
     type_vocab_size: int = 0  # 0 -> no token type embeddings (DistilBERT)
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12

@@ -70,7 +70,7 @@ class Embeddings(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout)
         self.projection = (
             _linear(cfg, cfg.embedding_size, cfg.hidden_size, dtype, rngs)
-            if cfg.embedding_size != cfg.hidden_size else None
+            if cfg.project_embeddings else None
         )
 
     def position_ids(self, input_ids: jax.Array) -> jax.Array:

@@ -1,0 +1,116 @@
+"""`load_pretrained`: a Hugging Face checkpoint folder (hub id, local, pip:) -> NNX classifier."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from flax_sentiment import sources
+from flax_sentiment.errors import UserError
+from flax_sentiment.models.architectures import Architecture, get_architecture
+from flax_sentiment.models.classifier import SequenceClassifier
+from flax_sentiment.models.config import EncoderConfig
+from flax_sentiment.models.weights import checkpoint_name, import_weights, read_state_dict
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(dtype: Any) -> Any:
+    """'bfloat16' or jnp.bfloat16 -> jnp.bfloat16, with a clear error for anything else."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise UserError(f"dtype {dtype!r} is not supported (use one of {sorted(DTYPES)})")
+        return DTYPES[dtype]
+    return dtype
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A loaded checkpoint: the model plus what is needed to use, retrain and export it."""
+
+    model: SequenceClassifier
+    arch: Architecture
+    config: EncoderConfig
+    hf_config: dict[str, Any]
+    folder: Path
+    label_names: list[str] | None  # from the checkpoint's id2label when it had a head
+    fresh_head: bool
+
+    @functools.cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.folder)
+
+
+def load_tokenizer(folder: str | Path):
+    """The checkpoint's fast tokenizer (never built from a bare vocab file: see README)."""
+    from transformers import AutoTokenizer
+
+    folder = sources.resolve(str(folder))
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:
+        raise UserError(f"{folder}: could not load a tokenizer ({type(e).__name__}: {e})") from None
+
+
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise UserError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_pretrained_bundle(name_or_path: str | Path, num_labels: int | None = None,
+                           dtype: Any = jnp.float32, *, seed: int = 0) -> Pretrained:
+    """Like `load_pretrained`, but also returns the tokenizer, configs and label names."""
+    folder = sources.resolve(str(name_or_path))
+    if not folder.is_dir():
+        raise UserError(f"{name_or_path!r}: expected a model folder, got a file ({folder})")
+    hf = read_hf_config(folder)
+    arch = get_architecture(hf.get("model_type"), source=str(folder / "config.json"))
+    state_dict = read_state_dict(folder)
+
+    head_out = checkpoint_name(arch, "head.out.kernel")[0]
+    head_out = next((k for k in state_dict if k == head_out or k.endswith("." + head_out)), None)
+    ckpt_labels = state_dict[head_out].shape[0] if head_out else None
+    if num_labels is None:
+        num_labels = ckpt_labels or 2
+    if num_labels < 2:
+        raise UserError(f"num_labels must be >= 2, got {num_labels}")
+    cfg = arch.encoder_config(hf).replace(num_labels=num_labels)
+    model = SequenceClassifier(cfg, dtype=as_dtype(dtype), rngs=nnx.Rngs(seed))
+    fresh = import_weights(model, arch, state_dict, source=str(folder))
+    if fresh:
+        log.info("%s: no classification head in the checkpoint; initialised a fresh %d-way "
+                 "head (%s)", name_or_path, num_labels,
+                 ", ".join(sorted({p.rpartition(".")[0] for p in fresh})))
+    label_names = None
+    if not fresh and isinstance(hf.get("id2label"), dict):
+        id2label = {int(k): v for k, v in hf["id2label"].items()}
+        if sorted(id2label) == list(range(num_labels)):
+            label_names = [id2label[i] for i in range(num_labels)]
+    return Pretrained(model=model, arch=arch, config=cfg, hf_config=hf, folder=folder,
+                      label_names=label_names, fresh_head=bool(fresh))
+
+
+def load_pretrained(name_or_path: str | Path, num_labels: int | None = None,
+                    dtype: Any = jnp.float32, *, seed: int = 0) -> SequenceClassifier:
+    """An NNX sequence classifier with the checkpoint's weights.
+
+    `name_or_path`: a hub id, a local Hugging Face folder, or `pip:PACKAGE/sub/folder`.
+    With a classification head in the checkpoint it is loaded (and `num_labels` defaults to
+    its size); without one a fresh head is initialised from `seed` and the log says so.
+    `dtype` is the compute dtype; parameters stay float32.
+    """
+    return load_pretrained_bundle(name_or_path, num_labels, dtype, seed=seed).model

