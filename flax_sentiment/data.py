@@ -1,0 +1,624 @@
+"""Dataset -> label ids -> cached tokens -> length buckets -> global batches on the mesh.
+
+Every process runs the same deterministic plan (same files, same tokens, same seed), so the
+batch order is identical everywhere without communication; each process then materializes only
+its rows of each global batch. Batching, iterator state, prefetch and device placement live in
+`flax_sentiment.batching` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from flax_sentiment.batching import (  # noqa: F401  (re-exported: one import for the trainer)
+    EvalBatches,
+    Prefetcher,
+    TrainIterator,
+    make_buckets,
+    padding_efficiency,
+    prefetch,
+    shard_batch,
+)
+from flax_sentiment.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Extension -> (datasets builder, builder kwargs).
+FILE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+# Fine steps at the short end: SST-2/tweets are mostly < 32 tokens, where coarse buckets waste most.
+DEFAULT_BUCKETS = (6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+TRUNCATIONS = ("head", "tail", "head_tail")
+_CACHE_VERSION = "1"
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `data` section every config starts from (SST-2 style defaults)."""
+    c = ml_collections.ConfigDict()
+    c.name_or_path = ""  # hub id ('glue/sst2', 'owner/name'), file, folder or pip:PKG/sub/file
+    c.subset = ""  # hub config name, e.g. 'sentiment' for cardiffnlp/tweet_eval
+    c.text_column = "sentence"
+    c.text_pair_column = ""  # '' = single-text classification
+    c.label_column = "label"
+    c.label_names = ["negative", "positive"]
+    c.label_map = {}  # raw label (int or str) -> label name, merges classes (SST-5 -> 3)
+    c.train_split = "train"
+    c.eval_split = "validation"  # '' = no evaluation split
+    c.validation_size = 0.0  # fraction (<1) or count (>=1) carved from train if eval split missing
+    c.max_length = 128
+    c.truncation = "head"  # 'head' | 'tail' | 'head_tail'
+    c.head_tokens = 64  # head_tail: tokens kept from the start, the rest from the end
+    c.buckets = list(DEFAULT_BUCKETS)
+    c.encoding = "utf-8"
+    c.seed = 0
+    c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)
+    return c
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """Config value or default: trainer configs may not carry every optional key."""
+    try:
+        value = config.get(key, default) if hasattr(config, "get") else getattr(config, key)
+    except AttributeError:
+        return default
+    return default if value is None else value
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenized splits
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """Tokens of one split as flat numpy arrays: selecting rows (carving, sharding) is free.
+
+    Example `i` has tokens `input_ids[starts[i]:starts[i] + lengths[i]]`; `rows[i]` is its row in
+    the source split (before empty texts were dropped) and `texts[i]` its text, so a batch's
+    `index` field maps predictions back to texts.
+    """
+
+    name: str
+    input_ids: np.ndarray  # int32, all examples' tokens concatenated
+    token_type_ids: np.ndarray | None  # int8, same layout; None if the tokenizer makes none
+    starts: np.ndarray  # int64 [N]
+    lengths: np.ndarray  # int32 [N]
+    labels: np.ndarray  # int32 [N]
+    rows: np.ndarray  # int64 [N]
+    texts: Sequence[str]
+    label_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def select(self, indices: np.ndarray, name: str | None = None) -> TokenizedSplit:
+        """A subset sharing the token store (no copy of the tokens)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        texts = [self.texts[i] for i in indices]
+        return replace(self, name=name or self.name, starts=self.starts[indices],
+                       lengths=self.lengths[indices], labels=self.labels[indices],
+                       rows=self.rows[indices], texts=texts)
+
+    def tokens(self, i: int) -> np.ndarray:
+        return self.input_ids[self.starts[i]: self.starts[i] + self.lengths[i]]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.label_names))
+        return {n: int(c) for n, c in zip(self.label_names, counts, strict=True)}
+
+
+@dataclass(frozen=True)
+class Data:
+    """What the trainer needs: tokenized train/eval splits plus the batching settings."""
+
+    train: TokenizedSplit
+    eval: TokenizedSplit | None
+    label_names: tuple[str, ...]
+    buckets: tuple[int, ...]
+    pad_id: int
+
+
+def load_data(config: ml_collections.ConfigDict, tokenizer: Any) -> Data:
+    """Train and eval splits of `config` (the `data` section), tokenized and cached on disk.
+
+    Every process tokenizes the whole dataset (a cache hit after the first run): the lengths of
+    all examples are needed anyway to plan identical batches everywhere.
+    """
+    _check_config(config)
+    loader = _Loader(config)
+    train_name = str(config.train_split)
+    eval_name = str(_get(config, "eval_split", ""))
+    train = loader.tokenized(train_name, tokenizer)
+    evaluation = None
+    if eval_name:
+        if eval_name in loader.splits() and eval_name != train_name:
+            evaluation = loader.tokenized(eval_name, tokenizer)
+        else:
+            train, evaluation = _carve(train, config, eval_name, loader)
+    return Data(train=train, eval=evaluation, label_names=tuple(config.label_names),
+                buckets=tuple(make_buckets(_get(config, "buckets", DEFAULT_BUCKETS),
+                                           int(config.max_length))),
+                pad_id=pad_token_id(tokenizer))
+
+
+def load_split(config: ml_collections.ConfigDict, tokenizer: Any, split: str) -> TokenizedSplit:
+    """One split, tokenized; the carved validation set when `split` is the missing eval split."""
+    _check_config(config)
+    loader = _Loader(config)
+    if split in loader.splits():
+        return loader.tokenized(split, tokenizer)
+    if split == _get(config, "eval_split", "") and split != config.train_split:
+        return _carve(loader.tokenized(str(config.train_split), tokenizer), config, split,
+                      loader)[1]
+    raise loader.missing_split(split)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        raise UserError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no pad token")
+    return int(pad)
+
+
+def _check_config(config: Any) -> None:
+    names = list(_get(config, "label_names", []))
+    if not names:
+        raise UserError("data.label_names is empty: list the class names in label-id order")
+    if len({str(n).lower() for n in names}) != len(names):
+        raise UserError(f"data.label_names has duplicates: {names}")
+    truncation = _get(config, "truncation", "head")
+    if truncation not in TRUNCATIONS:
+        raise UserError(f"data.truncation={truncation!r}: expected one of {TRUNCATIONS}")
+    if truncation == "head_tail" and _get(config, "text_pair_column", ""):
+        raise UserError("data.truncation='head_tail' cuts the middle of one text; it cannot be "
+                        "combined with data.text_pair_column (use 'head' or 'tail')")
+    if int(_get(config, "max_length", 0)) < 4:
+        raise UserError(f"data.max_length={_get(config, 'max_length', 0)}: must be at least 4")
+    if not _get(config, "name_or_path", ""):
+        raise UserError("data.name_or_path is empty: give a hub id, a file or a folder")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _resolve_local(name: str) -> Path | None:
+    """A local file/folder for `name`, or None when it should be a hub id.
+
+    `pip:PKG/sub/path` is found without importing PKG (some data packages fail to import).
+    """
+    if name.startswith("pip:"):
+        package, _, sub = name[4:].strip("/").partition("/")
+        spec = importlib.util.find_spec(package) if package else None
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(f"{name!r}: Python package {package!r} is not installed")
+        path = Path(list(spec.submodule_search_locations)[0]).joinpath(*sub.split("/"))
+        if not path.exists():
+            raise UserError(f"{name!r}: no file or folder {sub!r} inside package {package!r}")
+        return path
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") > 2:
+        raise UserError(f"data.name_or_path={name!r}: no such file or folder")
+    return None
+
+
+class _Loader:
+    """Finds the splits of a file, folder or hub dataset and loads them with `datasets`."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.name = str(config.name_or_path)
+        self.encoding = str(_get(config, "encoding", "utf-8")) or "utf-8"
+        self.cache_dir = str(_get(config, "cache_dir", "")) or None
+        self.local = _resolve_local(self.name)
+        self._hub: Any = None  # datasets.DatasetDict, loaded on first use
+        self._raw: dict[str, Any] = {}
+
+    def splits(self) -> dict[str, Any]:
+        """Split name -> file (local) or Dataset (hub)."""
+        if self.local is None:
+            return dict(self._hub_splits())
+        if self.local.is_file():
+            return {str(self.config.train_split): self.local}
+        files = {}
+        for f in sorted(self.local.iterdir()):
+            if f.suffix.lower() in FILE_FORMATS and f.is_file():
+                files.setdefault(f.stem, f)
+        if not files:
+            raise UserError(f"{self.local}: no data files (expected split files such as "
+                            f"train.tsv, validation.csv; formats {sorted(FILE_FORMATS)})")
+        return files
+
+    def missing_split(self, split: str) -> UserError:
+        where = self.local if self.local is not None else self.name
+        return UserError(f"{where}: no split {split!r}; splits found: {sorted(self.splits())}"
+                         + ("" if self.local is None or self.local.is_dir() else
+                            " (a single file is the train split; set data.validation_size "
+                            "to carve an evaluation split from it)"))
+
+    def _hub_splits(self) -> Any:
+        if self._hub is None:
+            import datasets
+
+            subset = str(_get(self.config, "subset", "")) or None
+            attempts = [(self.name, subset)]
+            parts = self.name.split("/")
+            if subset is None and len(parts) == 3:
+                attempts = [("/".join(parts[:2]), parts[2])]
+            elif subset is None and len(parts) == 2:
+                attempts.append((parts[0], parts[1]))  # 'glue/sst2': dataset glue, subset sst2
+            errors = []
+            for repo, sub in attempts:
+                try:
+                    self._hub = datasets.load_dataset(repo, sub, cache_dir=self.cache_dir)
+                    break
+                except Exception as e:  # offline, missing repo, bad subset: all the user's to fix
+                    errors.append(f"load_dataset({repo!r}, {sub!r}): {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}")
+            else:
+                offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0", "false")
+                raise UserError(
+                    f"data.name_or_path={self.name!r} is not a local file or folder and could not "
+                    f"be loaded from the Hugging Face hub"
+                    + (" (HF_DATASETS_OFFLINE is set and it is not in the local cache)"
+                       if offline else "") + ": " + "; ".join(errors))
+        return self._hub
+
+    def where(self, split: str) -> str:
+        source = self.splits().get(split)
+        return str(source) if isinstance(source, Path) else f"{self.name} [{split}]"
+
+    def raw(self, split: str) -> Any:
+        """The split as a `datasets.Dataset` with its columns checked."""
+        if split in self._raw:
+            return self._raw[split]
+        splits = self.splits()
+        if split not in splits:
+            raise self.missing_split(split)
+        source = splits[split]
+        ds = self._load_file(source) if isinstance(source, Path) else source
+        columns = [self.config.text_column, self.config.label_column]
+        if _get(self.config, "text_pair_column", ""):
+            columns.append(self.config.text_pair_column)
+        for key, col in zip(("text_column", "label_column", "text_pair_column"), columns,
+                            strict=False):
+            if col not in ds.column_names:
+                raise UserError(f"{self.where(split)}: no column {col!r} (data.{key}); columns "
+                                f"found: {ds.column_names}")
+        if len(ds) == 0:
+            raise UserError(f"{self.where(split)}: split {split!r} is empty (no rows)")
+        self._raw[split] = ds
+        return ds
+
+    def _load_file(self, path: Path) -> Any:
+        import datasets
+
+        builder, kwargs = FILE_FORMATS.get(path.suffix.lower(), (None, {}))
+        if builder is None:
+            raise UserError(f"{path}: unsupported file type {path.suffix!r}; "
+                            f"expected one of {sorted(FILE_FORMATS)}")
+        kwargs = dict(kwargs)
+        if builder == "csv":
+            # Read every column as text (no per-chunk type guessing, 'NA'/'null' stay texts);
+            # labels are parsed later, where a bad one can be named.
+            columns = self._csv_header(path, kwargs.get("delimiter", ","))
+            kwargs.update(encoding=self.encoding, keep_default_na=False,
+                          features=datasets.Features({c: datasets.Value("string")
+                                                      for c in columns}))
+        elif builder == "json" and self.encoding.replace("-", "").lower() not in ("utf8",):
+            kwargs["encoding"] = self.encoding
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train",
+                                       cache_dir=self.cache_dir, **kwargs)
+        except UserError:
+            raise
+        except Exception as e:
+            raise self._read_error(path, e) from None
+        return ds
+
+    def _csv_header(self, path: Path, delimiter: str) -> list[str]:
+        import pandas as pd
+
+        try:
+            header = pd.read_csv(path, sep=delimiter, nrows=0, encoding=self.encoding)
+        except Exception as e:
+            raise self._read_error(path, e) from None
+        if len(set(header.columns)) != len(header.columns):
+            raise UserError(f"{path}: duplicate column names in header {list(header.columns)}")
+        return [str(c) for c in header.columns]
+
+    def _read_error(self, path: Path, error: BaseException) -> UserError:
+        chain, e = [], error
+        while e is not None and len(chain) < 10:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        for e in chain:
+            if isinstance(e, UnicodeDecodeError):
+                line = _undecodable_line(path, self.encoding)
+                return UserError(
+                    f"{path}: not valid {self.encoding} text"
+                    + (f" (line {line})" if line else "") + f": {e.reason} "
+                    f"(byte {e.object[e.start:e.start + 1]!r}). Set data.encoding to the file's "
+                    f"encoding, e.g. 'latin-1' or 'cp1252'.")
+        for e in chain:
+            text = str(e)
+            if "Error tokenizing data" in text or type(e).__name__ == "ParserError":
+                return UserError(f"{path}: malformed rows: {text.strip()} (every row needs as "
+                                 f"many fields as the header; quote fields containing the "
+                                 f"delimiter)")
+            if type(e).__name__ == "EmptyDataError":
+                return UserError(f"{path}: file is empty (no header, no rows)")
+        first = chain[-1]
+        return UserError(f"{path}: could not be read: {type(first).__name__}: "
+                         f"{str(first).splitlines()[0] if str(first) else ''}")
+
+    def tokenized(self, split: str, tokenizer: Any) -> TokenizedSplit:
+        return _tokenize_split(self.raw(split), self.config, tokenizer, self.where(split))
+
+
+def _undecodable_line(path: Path, encoding: str) -> int | None:
+    """1-based line of the first byte that does not decode (only called on the error path)."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as e:
+        return data[: e.start].count(b"\n") + 1
+    except LookupError:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Labels
+
+
+def _norm_key(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip().lower()
+
+
+def label_ids(values: Sequence[Any], label_names: Sequence[str],
+              label_map: Mapping[Any, Any] | None = None, *, where: str = "data",
+              column: str = "label") -> np.ndarray:
+    """Raw labels -> int32 ids in `label_names` order.
+
+    Order of lookup: `label_map` (raw value -> name or id, merging classes), then the label names
+    (case-insensitive), then - only without a label_map - integers (or integer strings) as ids.
+    Unknown values raise a UserError that shows them with a few of their rows.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = {str(n).lower(): i for i, n in enumerate(label_names)}
+    mapping: dict[str, int] = {}
+    for key, target in dict(label_map or {}).items():
+        tid = names.get(_norm_key(target))
+        if tid is None and isinstance(target, int) and 0 <= target < len(label_names):
+            tid = int(target)
+        if tid is None:
+            raise UserError(f"data.label_map[{key!r}] = {target!r} is not one of "
+                            f"data.label_names {list(label_names)}")
+        mapping[_norm_key(key)] = tid
+
+    def resolve(v: Any) -> int:
+        if v is None or isinstance(v, bool):
+            return -1
+        key = _norm_key(v)
+        if key in mapping:
+            return mapping[key]
+        if key in names:
+            return names[key]
+        if not mapping and key.lstrip("-").isdigit() and 0 <= int(key) < len(label_names):
+            return int(key)
+        return -1
+
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else pa.array(values)
+    encoded = pc.dictionary_encode(array)
+    uniques = encoded.dictionary.to_pylist()
+    table = np.array([resolve(v) for v in uniques] + [resolve(None)], dtype=np.int32)
+    codes = encoded.indices.fill_null(len(uniques)).to_numpy(zero_copy_only=False)
+    ids = table[codes]
+    bad = np.flatnonzero(ids < 0)
+    if bad.size:
+        bad_codes, counts = np.unique(codes[bad], return_counts=True)
+        shown = []
+        for code, count in list(zip(bad_codes, counts, strict=True))[:5]:
+            value = (uniques + [None])[code]
+            rows = bad[codes[bad] == code][:3].tolist()
+            shown.append(f"{value!r} ({count} rows, e.g. rows {rows})")
+        hint = "" if mapping else " (integers index into label_names; use data.label_map to " \
+                                  "merge or rename classes)"
+        raise UserError(f"{where}: column {column!r} has labels that are not in data.label_names "
+                        f"{list(label_names)}: " + "; ".join(shown)
+                        + f"; {bad.size} bad rows in all (rows are 0-based data rows){hint}")
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenization
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Stable hash of what decides the token ids (vocab, normalizer, specials), not call state."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps([tokenizer.all_special_tokens, list(tokenizer.model_input_names)]).encode())
+    return h.hexdigest()[:16]
+
+
+def tokenize_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None = None, *,
+                   max_length: int, truncation: str = "head",
+                   head_tokens: int = 64) -> dict[str, list[list[int]]]:
+    """Token ids (with special tokens) of a batch of texts, cut to `max_length`.
+
+    head keeps the start, tail the end (where reviews often state the verdict), head_tail the
+    first `head_tokens` and the rest from the end (Sun et al. 2019: best for long reviews).
+    """
+    if truncation == "head_tail":
+        enc = tokenizer(texts, truncation=False, return_special_tokens_mask=True, verbose=False)
+        ids, types = enc["input_ids"], enc.get("token_type_ids")
+        out_ids, out_types = [], [] if types is not None else None
+        for i, (seq, special) in enumerate(zip(ids, enc["special_tokens_mask"], strict=True)):
+            if len(seq) > max_length:
+                prefix = next((j for j, s in enumerate(special) if not s), 0)
+                head = min(max(int(head_tokens), 0), max_length - prefix - 1) + prefix
+                keep = list(range(head)) + list(range(len(seq) - (max_length - head), len(seq)))
+                seq = [seq[j] for j in keep]
+                if out_types is not None:
+                    out_types.append([types[i][j] for j in keep])
+            elif out_types is not None:
+                out_types.append(types[i])
+            out_ids.append(seq)
+        result = {"input_ids": out_ids}
+        if out_types is not None:
+            result["token_type_ids"] = out_types
+        return result
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left" if truncation == "tail" else "right"
+    try:
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length,
+                        return_attention_mask=False)
+    finally:
+        tokenizer.truncation_side = side
+    result = {"input_ids": enc["input_ids"]}
+    if "token_type_ids" in enc:
+        result["token_type_ids"] = enc["token_type_ids"]
+    return result
+
+
+def _tokenize_split(ds: Any, config: Any, tokenizer: Any, where: str) -> TokenizedSplit:
+    """Tokenize with `Dataset.map`, cached beside the dataset under a fingerprint of the inputs.
+
+    The fingerprint covers the loaded data (datasets' own fingerprint), the tokenizer's content
+    and every setting that changes the tokens, so a second run only memory-maps the cache file.
+    """
+    import datasets
+    import pyarrow.compute as pc
+
+    text_col = config.text_column
+    pair_col = str(_get(config, "text_pair_column", "")) or None
+    settings = dict(version=_CACHE_VERSION, data=ds._fingerprint,
+                    tokenizer=_tokenizer_fingerprint(tokenizer), text=text_col, pair=pair_col,
+                    max_length=int(config.max_length),
+                    truncation=str(_get(config, "truncation", "head")),
+                    head_tokens=int(_get(config, "head_tokens", 64)))
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+    with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+    features = {"input_ids": datasets.Sequence(datasets.Value("int32"))}
+    if with_types:
+        features["token_type_ids"] = datasets.Sequence(datasets.Value("int8"))
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        texts = [t if isinstance(t, str) else "" for t in batch[text_col]]
+        pairs = [t if isinstance(t, str) else "" for t in batch[pair_col]] if pair_col else None
+        out = tokenize_texts(tokenizer, texts, pairs, max_length=settings["max_length"],
+                             truncation=settings["truncation"],
+                             head_tokens=settings["head_tokens"])
+        if with_types and "token_type_ids" not in out:
+            out["token_type_ids"] = [[0] * len(s) for s in out["input_ids"]]
+        return {k: out[k] for k in features}
+
+    map_kwargs: dict[str, Any] = dict(batched=True, batch_size=1000,
+                                      remove_columns=ds.column_names,
+                                      features=datasets.Features(features),
+                                      new_fingerprint=fingerprint, desc=f"tokenizing {where}")
+    if not ds.cache_files:  # in-memory dataset: keep the cache in an explicit file
+        cache_root = Path(str(_get(config, "cache_dir", "")) or datasets.config.HF_DATASETS_CACHE)
+        cache_root.mkdir(parents=True, exist_ok=True)
+        map_kwargs["cache_file_name"] = str(cache_root / f"flax_sentiment-{fingerprint}.arrow")
+    tokens = ds.map(tokenize, **map_kwargs)
+
+    ids_col = tokens.data.column("input_ids").combine_chunks()
+    offsets = ids_col.offsets.to_numpy().astype(np.int64)
+    flat_ids = ids_col.flatten().to_numpy()
+    starts_all = offsets[:-1] - offsets[0]
+    lengths_all = np.diff(offsets).astype(np.int32)
+    types = None
+    if with_types:
+        types = tokens.data.column("token_type_ids").combine_chunks().flatten().to_numpy()
+
+    texts_col = ds.data.column(text_col)
+    keep = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(texts_col)), 0), False)
+    keep = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+    dropped = int((~keep).sum())
+    if dropped:
+        log.warning("%s: dropped %d of %d examples whose %r text is empty or whitespace-only",
+                    where, dropped, len(keep), text_col)
+    rows = np.flatnonzero(keep)
+    if rows.size == 0:
+        raise UserError(f"{where}: no examples left: every {text_col!r} text is empty")
+    labels = label_ids(ds.data.column(config.label_column).take(rows), config.label_names,
+                       _get(config, "label_map", None), where=where, column=config.label_column)
+    all_texts = texts_col.to_pylist()
+    return TokenizedSplit(
+        name=where, input_ids=flat_ids, token_type_ids=types, starts=starts_all[rows],
+        lengths=lengths_all[rows], labels=labels, rows=rows.astype(np.int64),
+        texts=[all_texts[i] for i in rows], label_names=tuple(config.label_names))
+
+
+# --------------------------------------------------------------------------------------------
+# Carving a validation split
+
+
+def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held_out) indices; each class keeps its share (largest remainder), seeded.
+
+    `size` < 1 is a fraction of all examples, >= 1 a count. Both index arrays are sorted, so the
+    held-out set keeps file order (deterministic evaluation).
+    """
+    n = len(labels)
+    count = int(round(size * n)) if size < 1 else int(size)
+    if not 0 < count < n:
+        raise UserError(f"data.validation_size={size}: gives {count} of {n} examples; need "
+                        f"between 1 and {n - 1}")
+    classes, per_class = np.unique(labels, return_counts=True)
+    quota = per_class * count / n
+    take = np.floor(quota).astype(np.int64)
+    extra = count - take.sum()
+    take[np.argsort(-(quota - take), kind="stable")[:extra]] += 1
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    held = [rng.permutation(np.flatnonzero(labels == c))[:k]
+            for c, k in zip(classes, take, strict=True)]
+    held_out = np.sort(np.concatenate(held))
+    mask = np.ones(n, dtype=bool)
+    mask[held_out] = False
+    return np.flatnonzero(mask), held_out
+
+
+def _carve(train: TokenizedSplit, config: Any, eval_name: str,
+           loader: _Loader) -> tuple[TokenizedSplit, TokenizedSplit]:
+    size = float(_get(config, "validation_size", 0.0))
+    if size <= 0:
+        raise UserError(f"{loader.missing_split(eval_name)} - or set data.validation_size "
+                        f"(fraction or count) to carve it from {config.train_split!r}, or set "
+                        f"data.eval_split='' for no evaluation")
+    keep, held = stratified_split(train.labels, size, int(_get(config, "seed", 0)))
+    log.info("carved %d %r examples from %d %r examples (stratified, seed %s)", len(held),
+             eval_name, len(train), config.train_split, _get(config, "seed", 0))
+    return (train.select(keep, f"{train.name} (minus {eval_name})"),
+            train.select(held, f"{train.name} ({eval_name}, carved)"))
