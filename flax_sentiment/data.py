@@ -9,7 +9,6 @@ its rows of each global batch. Batching, iterator state, prefetch and device pla
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from flax_sentiment import sources
 from flax_sentiment.batching import (  # noqa: F401  (re-exported: one import for the trainer)
     EvalBatches,
     Prefetcher,
@@ -202,15 +202,8 @@ def _resolve_local(name: str) -> Path | None:
 
     `pip:PKG/sub/path` is found without importing PKG (some data packages fail to import).
     """
-    if name.startswith("pip:"):
-        package, _, sub = name[4:].strip("/").partition("/")
-        spec = importlib.util.find_spec(package) if package else None
-        if spec is None or not spec.submodule_search_locations:
-            raise UserError(f"{name!r}: Python package {package!r} is not installed")
-        path = Path(list(spec.submodule_search_locations)[0]).joinpath(*sub.split("/"))
-        if not path.exists():
-            raise UserError(f"{name!r}: no file or folder {sub!r} inside package {package!r}")
-        return path
+    if name.startswith(sources.PIP_PREFIX):
+        return sources.resolve_pip(name, folder=False)
     path = Path(name).expanduser()
     if path.exists():
         return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 import os
 from pathlib import Path
@@ -30,22 +29,26 @@ MODEL_FILE_PATTERNS = [
 ]
 
 
-def resolve_pip(name: str) -> Path:
-    """`pip:PACKAGE/sub/folder` -> the folder inside the installed package."""
+def resolve_pip(name: str, *, folder: bool = True) -> Path:
+    """`pip:PACKAGE/sub/path` -> that folder (or, with folder=False, file or folder)."""
     spec = name[len(PIP_PREFIX) :].strip("/")
     package, _, sub = spec.partition("/")
     if not package:
         raise UserError(f"{name!r}: expected pip:PACKAGE/sub/folder")
-    if importlib.util.find_spec(package) is None:
+    try:  # find_spec locates the package without importing it (some break on import)
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
         raise UserError(
             f"{name!r}: Python package {package!r} is not installed "
             f"(install its distribution, e.g. `pip install --no-deps {package.replace('_', '-')}`)"
         )
-    root = importlib.resources.files(package)
+    root = Path(list(spec.submodule_search_locations)[0])
     path = root.joinpath(*sub.split("/")) if sub else root
-    path = Path(str(path))
-    if not path.is_dir():
-        raise UserError(f"{name!r}: no folder {sub!r} inside package {package!r} ({path})")
+    if not (path.is_dir() if folder else path.exists()):
+        kind = "folder" if folder else "file or folder"
+        raise UserError(f"{name!r}: no {kind} {sub!r} inside package {package!r} ({path})")
     return path
 
 

@@ -1,0 +1,122 @@
+"""Orbax checkpoints of the whole run: train state, data position, progress, and metadata.
+
+A checkpoint holds everything needed to continue (parameters, optimizer state, step, rng, the
+data iterator position, best-metric bookkeeping) and to rebuild the model without the original
+config (label names, the checkpoint's Hugging Face config, the resolved run config).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from flax_sentiment.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ITEMS = ("state", "extra")
+
+
+class Checkpoints:
+    """`checkpoint.keep` latest checkpoints plus the best one by the tracked eval metric."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 2, metric: str = "accuracy",
+                 mode: str = "max", async_save: bool = True, read_only: bool = False):
+        self.directory = Path(directory).absolute()
+        self.metric = metric
+        policy = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m[metric], reverse=mode == "min", n=1,
+                           keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, step: int, state: Any, extra: dict[str, Any],
+             metrics: dict[str, float] | None = None) -> bool:
+        """Starts an (asynchronous) save; the previous one is finished first."""
+        if step in self.manager.all_steps():
+            return False
+        tracked = {self.metric: float(metrics[self.metric])} if metrics else None
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    extra=ocp.args.JsonSave(extra)),
+            metrics=tracked,
+            force=True,
+        )
+
+    def restore_extra(self, step: int) -> dict[str, Any]:
+        """Only the JSON part (metadata, data position): cheap, no arrays."""
+        return self.manager.restore(step, args=ocp.args.Composite(
+            extra=ocp.args.JsonRestore()))["extra"]
+
+    def restore(self, abstract_state: Any, step: int | None = None
+                ) -> tuple[int, Any, dict[str, Any]]:
+        """(step, state, extra) of `step`, or of the newest complete and readable checkpoint.
+
+        `abstract_state` carries the target shardings, so a checkpoint written on 8 devices
+        restores onto 1 and the reverse. A damaged newest checkpoint (a file lost, a save cut
+        short) is skipped with a warning, never deleted.
+        """
+        candidates = [step] if step is not None else self.all_steps()[::-1]
+        if not candidates:
+            raise UserError(f"{self.directory}: no checkpoints")
+        errors = []
+        for s in candidates:
+            if s not in self.manager.all_steps():
+                raise UserError(f"{self.directory}: no checkpoint at step {s} "
+                                f"(have {self.all_steps()})")
+            try:
+                restored = self.manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    extra=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax raises many types for damaged files
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                errors.append(f"step {s}: {reason}")
+                if step is not None:
+                    raise UserError(f"{self.directory}: checkpoint {s} is unreadable "
+                                    f"({reason})") from None
+                log.warning("checkpoint at step %d is incomplete or damaged (%s); trying an "
+                            "older one", s, reason[:200])
+                continue
+            if errors:
+                log.warning("resuming from step %d instead of the damaged newer checkpoint(s)", s)
+            return s, restored["state"], restored["extra"]
+        raise UserError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process once the cluster (e.g. a TPU VM) announced a preemption."""
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs that tell orbax where each restored array must live."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)

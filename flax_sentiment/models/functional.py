@@ -1,0 +1,38 @@
+"""An NNX model as a pure function of a flat parameter dict, for jit, optax and orbax.
+
+Flat string keys ("encoder.layers.0.attention.query.kernel") make checkpoints self-describing
+and optimizer masks a one-liner; `ModelDef` rebuilds the NNX module from them inside traced code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+from flax import nnx
+
+Params = dict[str, jax.Array]
+
+
+class ModelDef:
+    """The static half of a model (graph + parameter layout); params are the dynamic half."""
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, state = nnx.split(model, nnx.Param)
+        flat = nnx.to_flat_state(state)
+        self._paths = [path for path, _ in flat]
+        self._templates = [var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype))
+                           for _, var in flat]
+        self.names = [".".join(str(p) for p in path) for path in self._paths]
+
+    @staticmethod
+    def params_of(model: nnx.Module) -> Params:
+        return {".".join(str(p) for p in path): var.get_value()
+                for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+    def merge(self, params: Mapping[str, jax.Array]) -> nnx.Module:
+        state = nnx.from_flat_state([
+            (path, tmpl.replace(params[name]))
+            for path, tmpl, name in zip(self._paths, self._templates, self.names, strict=True)
+        ])
+        return nnx.merge(self.graphdef, state)

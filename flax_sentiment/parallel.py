@@ -1,0 +1,70 @@
+"""Device mesh, shardings and multi-process start-up: one code path from 1 CPU to a pod."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flax_sentiment.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(config: Any = None) -> None:
+    """Start JAX's multi-controller runtime when the environment or config asks for it.
+
+    TPU VM pod slices configure themselves (`jax.distributed.initialize()` with no arguments);
+    elsewhere `distributed.coordinator_address`, `num_processes` and `process_id` (config keys)
+    or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID give them. Single-process
+    runs need nothing.
+    """
+    if jax.distributed.is_initialized():
+        return
+    dist = config.get("distributed", None) if config is not None else None
+    address = (dist.get("coordinator_address", "") if dist else "") or os.environ.get(
+        "JAX_COORDINATOR_ADDRESS", "")
+    num = int((dist.get("num_processes", 0) if dist else 0) or os.environ.get(
+        "JAX_NUM_PROCESSES", 0) or 0)
+    pid = (dist.get("process_id", -1) if dist else -1)
+    pid = int(os.environ.get("JAX_PROCESS_ID", -1)) if pid is None or pid < 0 else int(pid)
+    if address and num > 1:
+        if pid < 0:
+            raise UserError("distributed.coordinator_address is set but no process id "
+                            "(config distributed.process_id or JAX_PROCESS_ID)")
+        timeout = int(dist.get("initialization_timeout", 300)) if dist else 300
+        log.info("jax.distributed: process %d of %d, coordinator %s", pid, num, address)
+        jax.distributed.initialize(address, num, pid, initialization_timeout=timeout)
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:
+        jax.distributed.initialize()  # multi-host TPU slice: discovers everything itself
+
+
+def make_mesh() -> Mesh:
+    """A 1-D data-parallel mesh over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the data axis, everything else whole."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size") -> None:
+    devices = mesh.devices.size
+    if batch_size <= 0 or batch_size % devices:
+        raise UserError(f"{key}={batch_size} must be a positive multiple of the device count "
+                        f"({devices} devices)")

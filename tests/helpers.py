@@ -1,0 +1,92 @@
+"""Small real things for training tests: a tiny BERT with the real MiniLM tokenizer, real SST-2
+rows, and a config that trains in seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+
+from flax_sentiment.config import base_config
+from tests.conftest import MINILM, REPO, SHARED_DATA
+
+
+def tiny_bert(folder: Path, *, dropout: float = 0.1, seed: int = 0, model_type: str = "bert"
+              ) -> Path:
+    """A randomly initialised 2-layer encoder (hidden 32) that uses the real uncased vocabulary."""
+    import torch
+    import transformers as T
+
+    from flax_sentiment.pretrained import load_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    common = dict(vocab_size=30522, max_position_embeddings=128, num_attention_heads=4)
+    if model_type == "bert":
+        cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                           hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                           **common)
+        cls = T.BertModel
+    elif model_type == "distilbert":
+        cfg = T.DistilBertConfig(vocab_size=30522, max_position_embeddings=128, dim=32,
+                                 n_layers=2, n_heads=4, hidden_dim=64, dropout=dropout,
+                                 attention_dropout=dropout, seq_classif_dropout=dropout)
+        cls = T.DistilBertModel
+    else:
+        raise ValueError(model_type)
+    torch.manual_seed(seed)
+    cls(cfg).save_pretrained(folder)
+    load_tokenizer(MINILM).save_pretrained(str(folder))
+    return folder
+
+
+def sst2_subset(folder: Path, n_train: int = 256, n_eval: int = 96) -> Path:
+    """The first rows of the real SST-2 train and validation files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("validation", n_eval)):
+        with open(SHARED_DATA / "sst2" / f"{split}.tsv", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))[: n + 1]
+        with open(folder / f"{split}.tsv", "w", newline="") as f:
+            csv.writer(f, delimiter="\t").writerows(rows)
+    return folder
+
+
+def tiny_config(model: Path, data: Path, **overrides) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.model.name_or_path = str(model)
+    c.data.name_or_path = str(data)
+    c.data.max_length = 64
+    c.data.buckets = [16, 64]
+    c.train.batch_size = 16
+    c.train.max_steps = 12
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 2
+    c.train.log_every_steps = 2
+    c.eval.every_steps = 6
+    c.eval.batch_size = 32
+    c.checkpoint.every_steps = 4
+    c.checkpoint.async_save = True
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    return c
+
+
+def write_config(config: ml_collections.ConfigDict, path: Path) -> Path:
+    """A configs/*.py style file holding `config`, for scripts/train.py in a subprocess."""
+    path.write_text(
+        "import json\nimport ml_collections\n\n\ndef get_config():\n"
+        f"    return ml_collections.ConfigDict(json.loads({json.dumps(config.to_json())!r}))\n")
+    return path
+
+
+def run_script(args: list[str], *, devices: int = 1, timeout: float = 600, env: dict | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, text=True,
+                          capture_output=True, timeout=timeout, **kwargs)
