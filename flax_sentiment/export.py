@@ -1,0 +1,309 @@
+"""Our NNX classifier -> a Hugging Face PyTorch folder, checked against PyTorch before it lands.
+
+The folder is written into a temporary sibling, loaded back with transformers'
+`AutoModelForSequenceClassification` and compared logit by logit with our model; only an export
+that passes is moved to `output`. A failed export leaves `output` exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flax_sentiment.errors import UserError
+from flax_sentiment.models.architectures import Architecture
+from flax_sentiment.models.weights import export_state_dict
+
+log = logging.getLogger(__name__)
+
+# Real, varied-length sentences (short, long, negated, mixed) so the check exercises padding.
+PARITY_TEXTS = [
+    "A gorgeous, witty, seductive movie.",
+    "Terrible.",
+    "I didn't love it, but it was not nearly as bad as the reviews said.",
+    "the plot is nothing but boilerplate cliches from start to finish, and the script assumes "
+    "that not only would subtlety be lost on the target audience, but that it's also too "
+    "difficult for the movie to handle",
+    "It's a charming and often affecting journey.",
+    "The service was slow and the food arrived cold; we will not be coming back.",
+    "ok",
+    "An unflinchingly bleak and desperate film that somehow left me smiling.",
+]
+
+# Storage dtype -> relative logit tolerance for rounding the weights (measured on MiniLM:
+# bfloat16 ~0.5% of the largest logit, float16 ~0.1%; ~3x margin).
+# float32 is exact storage; bfloat16 keeps 8 mantissa bits, float16 keeps 11.
+EXPORT_DTYPES = {"float32": 0.0, "bfloat16": 1.5e-2, "float16": 3e-3}
+
+# Config keys that describe the source checkpoint rather than the exported model.
+_STALE_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "architectures",
+               "torch_dtype", "dtype", "id2label", "label2id", "num_labels", "problem_type",
+               "finetuning_task", "gradient_checkpointing", "_attn_implementation_autoset")
+
+
+class ParityError(UserError):
+    """The exported PyTorch model does not reproduce our logits (nothing was written)."""
+
+
+def effective_tolerance(tolerance: float, dtype: str, logits: np.ndarray) -> float:
+    """`tolerance` for float32; for 16-bit storage, the rounding error relative to logit size."""
+    rel = EXPORT_DTYPES[dtype]
+    scale = max(1.0, float(np.abs(logits).max())) if logits.size else 1.0
+    return max(tolerance, rel * scale)
+
+
+def build_hf_config(hf_config: dict[str, Any], arch: Architecture, label_names: Sequence[str],
+                    dtype: str = "float32") -> Any:
+    """A transformers config for `arch.hf_class`: the source's settings, our labels and head."""
+    from transformers import AutoConfig
+
+    kw = {k: v for k, v in hf_config.items() if k not in _STALE_KEYS and k != "model_type"}
+    labels = [str(n) for n in label_names]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"label names must be unique, got {labels}")
+    try:
+        config = AutoConfig.for_model(
+            arch.model_type, **kw,
+            architectures=[arch.hf_class],
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            problem_type="single_label_classification",
+        )
+    except Exception as e:
+        raise UserError(f"could not build a {arch.model_type} config from the source "
+                        f"config.json ({type(e).__name__}: {e})") from None
+    config.dtype = dtype
+    return config
+
+
+def _save_weights(state: dict[str, np.ndarray], path: Path, dtype: str) -> None:
+    if dtype == "float32":
+        from safetensors.numpy import save_file
+
+        save_file(state, str(path), metadata={"format": "pt"})
+        return
+    import torch  # numpy has no bfloat16
+    from safetensors.torch import save_file
+
+    tdtype = getattr(torch, dtype)
+    tensors = {k: torch.from_numpy(v).to(tdtype).contiguous() for k, v in state.items()}
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"weights overflow {dtype} (e.g. {bad[0]!r}); export as float32")
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+@contextlib.contextmanager
+def _transformers_log() -> Iterator[list[str]]:
+    """Collect transformers' warnings (the load report) and silence its progress bars."""
+    from transformers.utils import logging as tlog
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    bars = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def load_torch_model(folder: Path) -> Any:
+    """The exported folder as transformers loads it (float32); any key problem is an error."""
+    from transformers import AutoModelForSequenceClassification
+
+    with _transformers_log() as messages:
+        import torch
+
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), dtype=torch.float32, output_loading_info=True)
+    problems = {k: sorted(v) for k, v in info.items() if v}
+    reported = [m for m in messages
+                if any(w in m.lower() for w in ("missing", "unexpected", "newly initialized",
+                                                "not used", "mismatch"))]
+    if problems or reported:
+        detail = "; ".join(f"{k}: {v[:5]}" for k, v in problems.items()) or reported[0]
+        raise ParityError(f"{folder}: transformers did not load the export cleanly ({detail})")
+    if type(model).__name__ != _architectures(folder)[0]:
+        raise ParityError(f"{folder}: transformers built {type(model).__name__}, expected "
+                          f"{_architectures(folder)[0]}")
+    return model.eval()
+
+
+def _architectures(folder: Path) -> list[str]:
+    import json
+
+    return json.loads((Path(folder) / "config.json").read_text())["architectures"]
+
+
+def _max_tokens(model: Any, tokenizer: Any) -> int:
+    from flax_sentiment.predict import position_limit
+
+    limit = position_limit(model.config)
+    return int(min(limit, getattr(tokenizer, "model_max_length", None) or limit))
+
+
+def parity_logits(model: Any, folder: Path, tokenizer: Any = None,
+                  texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ours, PyTorch's) logits for `texts`, padded as one batch so padding is exercised too.
+
+    `tokenizer` defaults to the one saved in `folder`, which is what users of the export get.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    texts = list(PARITY_TEXTS if texts is None else texts)
+    if not texts:
+        raise ValueError("parity check needs at least one text")
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=_max_tokens(model, tokenizer),
+                    return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+    types = enc.get("token_type_ids")
+    if model.config.type_vocab_size == 0:
+        types = None
+    ours = np.asarray(model(ids, mask, None if types is None else types.astype(np.int32)),
+                      dtype=np.float32)
+    torch_model = load_torch_model(folder)
+    kw = {"input_ids": torch.from_numpy(ids.astype(np.int64)),
+          "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+    if types is not None:
+        kw["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
+    with torch.no_grad():
+        theirs = torch_model(**kw).logits.float().numpy()
+    return ours, theirs
+
+
+def parity_check(model: Any, folder: Path, tokenizer: Any = None,
+                 texts: Sequence[str] | None = None) -> float:
+    """Max |our logits - PyTorch logits| on `folder` (default texts: `PARITY_TEXTS`)."""
+    ours, theirs = parity_logits(model, Path(folder), tokenizer, texts)
+    if ours.shape != theirs.shape:
+        raise ParityError(f"{folder}: PyTorch logits have shape {theirs.shape}, ours {ours.shape}")
+    diff = float(np.abs(ours - theirs).max())
+    return diff if math.isfinite(diff) else math.inf
+
+
+def float32_reference(model: Any) -> Any:
+    """`model` itself when it computes in float32, else a float32-compute twin with its weights.
+
+    Parity is about the exported weights; bfloat16 compute on our side would swamp it.
+    """
+    from flax import nnx
+
+    from flax_sentiment.models.classifier import SequenceClassifier
+
+    dtypes = {np.dtype(m.dtype) for _, m in nnx.iter_graph(model)
+              if isinstance(m, nnx.Module) and getattr(m, "dtype", None) is not None}
+    if dtypes <= {np.dtype(np.float32)}:
+        return model
+    twin = nnx.eval_shape(lambda: SequenceClassifier(model.config, rngs=nnx.Rngs(0)))
+    nnx.update(twin, nnx.state(model, nnx.Param))
+    return twin
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        raise UserError(f"{output}: exists and is not a folder; choose another --output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"{output}: folder exists and is not empty (pass overwrite=True / "
+                        f"--overwrite to replace it)")
+
+
+def _replace(tmp: Path, output: Path) -> None:
+    """Move the checked export into place; an old `output` is removed only once that worked."""
+    if not output.exists():
+        os.replace(tmp, output)
+        return
+    old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(output, old)
+    try:
+        os.replace(tmp, output)
+    except BaseException:
+        os.replace(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokenizer: Any,
+              label_names: Sequence[str], output: str | Path, *, dtype: str = "float32",
+              overwrite: bool = False, parity_texts: Sequence[str] | None = None,
+              tolerance: float = 1e-4) -> dict[str, Any]:
+    """Write a Hugging Face folder for `model` and prove PyTorch reproduces its logits.
+
+    Returns a report (path, dtype, num_labels, label_names, max_abs_diff, tolerance, files).
+    Raises `UserError` (nothing written) for a non-empty `output` without `overwrite`, and
+    `ParityError` when PyTorch's logits differ by more than the tolerance, which for 16-bit
+    exports grows with the storage rounding error.
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise UserError(f"export dtype {dtype!r} is not supported (use one of "
+                        f"{sorted(EXPORT_DTYPES)})")
+    output = Path(output).expanduser().absolute()
+    label_names = [str(n) for n in label_names]
+    num_labels = model.config.num_labels
+    if len(label_names) != num_labels:
+        raise UserError(f"{len(label_names)} label names {label_names} for a model with "
+                        f"{num_labels} outputs")
+    _check_output(output, overwrite)
+    config = build_hf_config(hf_config, arch, label_names, dtype)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+        config.save_pretrained(str(tmp))
+        _save_weights(export_state_dict(model, arch), tmp / "model.safetensors", dtype)
+        tokenizer.save_pretrained(str(tmp))
+        # The saved tokenizer (what users get) must encode exactly as the one we trained with.
+        from transformers import AutoTokenizer
+
+        texts = list(PARITY_TEXTS if parity_texts is None else parity_texts)
+        reloaded = AutoTokenizer.from_pretrained(str(tmp))
+        if reloaded(texts)["input_ids"] != tokenizer(texts)["input_ids"]:
+            raise ParityError(f"{output}: the saved tokenizer encodes differently from the "
+                              "original")
+        ours, theirs = parity_logits(float32_reference(model), tmp, reloaded, texts)
+        diff = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else math.inf
+        if not math.isfinite(diff):
+            diff = math.inf
+        limit = effective_tolerance(tolerance, dtype, ours)
+        if not diff <= limit:
+            raise ParityError(f"{output}: exported PyTorch logits differ from ours by {diff:.3g} "
+                              f"(tolerance {limit:.3g}); nothing was written")
+        _check_output(output, overwrite)  # it may have appeared while we worked
+        files = sorted(p.name for p in tmp.iterdir())
+        _replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = (output / "model.safetensors").stat().st_size
+    report = {"path": str(output), "dtype": dtype, "num_labels": num_labels,
+              "label_names": label_names, "model_type": arch.model_type,
+              "hf_class": arch.hf_class, "max_abs_diff": diff, "tolerance": limit,
+              "num_parity_texts": len(texts), "weights_bytes": size, "files": files}
+    log.info("exported %s (%s, %d labels) to %s; PyTorch logits within %.2g of ours",
+             arch.hf_class, dtype, num_labels, output, diff)
+    return report

@@ -1,0 +1,156 @@
+"""Inference: texts -> labels and probabilities, with few compiles however the lengths vary.
+
+Texts are grouped by length into buckets and run as fixed-size batches (short batches are filled
+with dummy rows), so XLA compiles one program per bucket actually used and never again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from flax_sentiment.batching import make_buckets
+from flax_sentiment.data import tokenize_texts
+from flax_sentiment.errors import UserError
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def position_limit(cfg: Any) -> int:
+    """Longest input the model's position embeddings allow (RoBERTa starts at pad + 1)."""
+    limit = int(cfg.max_position_embeddings)
+    if cfg.padding_aware_positions:
+        limit -= int(cfg.pad_token_id) + 1
+    return limit
+
+
+class Classifier:
+    """A sequence classifier ready for `predict(texts)`.
+
+    Holds a snapshot of `model`'s weights taken at construction (later in-place changes to the
+    model are not seen), the tokenizer that trained it and the label names of its outputs.
+    """
+
+    def __init__(self, model: nnx.Module, tokenizer: Any, label_names: Sequence[str],
+                 max_length: int = 128, buckets: Iterable[int] = DEFAULT_BUCKETS,
+                 batch_size: int = 32, truncation: str = "head", head_tokens: int = 64):
+        cfg = model.config
+        self.label_names = [str(n) for n in label_names]
+        if len(self.label_names) != cfg.num_labels:
+            raise UserError(f"{len(self.label_names)} label names {self.label_names} for a "
+                            f"model with {cfg.num_labels} outputs")
+        if batch_size < 1 or max_length < 2:
+            raise UserError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} "
+                            f"and {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = min(int(max_length), position_limit(cfg))
+        self.buckets = make_buckets(buckets, self.max_length)
+        self.truncation, self.head_tokens = truncation, int(head_tokens)
+        self.batch_size = int(batch_size)
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = cfg.pad_token_id
+        self._use_types = cfg.type_vocab_size > 0
+        self._graphdef, self._state = nnx.split(model)
+        self._compiled: dict[tuple[int, int], Any] = {}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype: Any = "float32",
+                        **kwargs: Any) -> Classifier:
+        """A fine-tuned Hugging Face folder (e.g. our export); labels from its `id2label`."""
+        from flax_sentiment.pretrained import load_pretrained_bundle
+
+        bundle = load_pretrained_bundle(name_or_path, dtype=dtype)
+        if bundle.fresh_head:
+            raise UserError(f"{name_or_path}: has no sequence-classification head to predict "
+                            "with (fine-tune it first, or pass an exported folder)")
+        names = bundle.label_names or [f"LABEL_{i}" for i in range(bundle.config.num_labels)]
+        return cls(bundle.model, bundle.tokenizer, names, **kwargs)
+
+    @classmethod
+    def from_workdir(cls, workdir: str | Path, step: int | str | None = None, *,
+                     dtype: str | None = None, **kwargs: Any) -> Classifier:
+        """The model a training run saved (latest, 'best' or a step), with the run's
+        tokenizer, labels, max length, buckets and truncation."""
+        from flax_sentiment.workdir import load_run
+
+        run = load_run(workdir, step, dtype=dtype)
+        d = run.config.data
+        options = dict(max_length=d.max_length, buckets=d.buckets, truncation=d.truncation,
+                       head_tokens=d.head_tokens)
+        return cls(run.model, run.tokenizer, run.label_names, **{**options, **kwargs})
+
+    @property
+    def compiled_shapes(self) -> list[tuple[int, int]]:
+        """(batch, length) of every program compiled so far: at most one per bucket."""
+        return sorted(self._compiled)
+
+    def _forward(self, shape: tuple[int, int]) -> Any:
+        if shape not in self._compiled:
+            graphdef, use_types = self._graphdef, self._use_types
+
+            def probabilities(state, ids, mask, types):
+                model = nnx.merge(graphdef, state)
+                logits = model(ids, mask, types if use_types else None)
+                return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+            ids = jax.ShapeDtypeStruct(shape, jnp.int32)
+            self._compiled[shape] = jax.jit(probabilities).lower(
+                self._state, ids, ids, ids).compile()
+        return self._compiled[shape]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """`[len(texts), num_labels]` probabilities, rows in input order."""
+        texts = list(texts)
+        bad = next((t for t in texts if not isinstance(t, str)), texts)
+        if bad is not texts:
+            raise UserError(f"predict expects a list of strings, got a {type(bad).__name__}: "
+                            f"{bad!r:.60}")
+        out = np.zeros((len(texts), len(self.label_names)), np.float32)
+        if not texts:
+            return out
+        enc = tokenize_texts(self.tokenizer, texts, max_length=self.max_length,
+                             truncation=self.truncation, head_tokens=self.head_tokens)
+        ids_list = enc["input_ids"]
+        types_list = enc.get("token_type_ids")
+        lengths = np.array([len(x) for x in ids_list])
+        which = np.searchsorted(np.asarray(self.buckets), lengths, side="left")
+        for b, length in enumerate(self.buckets):
+            rows = np.flatnonzero(which == b)
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                shape = (self.batch_size, length)
+                ids = np.full(shape, self.pad_id, np.int32)
+                mask = np.zeros(shape, np.int32)
+                types = np.zeros(shape, np.int32)
+                mask[len(chunk):, 0] = 1  # dummy rows attend to one pad token
+                for r, i in enumerate(chunk):
+                    n = lengths[i]
+                    ids[r, :n] = ids_list[i]
+                    mask[r, :n] = 1
+                    if types_list is not None:
+                        types[r, :n] = types_list[i]
+                probs = self._forward(shape)(self._state, ids, mask, types)
+                out[chunk] = np.asarray(probs)[: len(chunk)]
+        return out
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """One `{label, score, probabilities}` per text, in input order (texts longer than
+        `max_length` tokens are truncated)."""
+        probs = self.predict_proba(texts)
+        results = []
+        for row in probs:
+            best = int(row.argmax())
+            results.append({
+                "label": self.label_names[best],
+                "score": float(row[best]),
+                "probabilities": {n: float(p) for n, p in zip(self.label_names, row,
+                                                              strict=True)},
+            })
+        return results

@@ -1,0 +1,288 @@
+"""Export to Hugging Face PyTorch (with its parity check) and bucketed inference."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from flax import nnx
+
+import flax_sentiment as fs
+from flax_sentiment import export as export_mod
+from flax_sentiment.export import ParityError, export_hf, parity_check
+from flax_sentiment.models.weights import iter_params
+from flax_sentiment.predict import Classifier
+from tests.conftest import MINILM
+from tests.test_models import _albert, _bert, _electra, _roberta
+
+# Tiny models over the real MiniLM (BERT uncased) vocabulary, so a real tokenizer drives them.
+BIG_VOCAB = dict(vocab_size=30522, max_position_embeddings=128)
+TINY = {
+    "bert": (T.BertForSequenceClassification, lambda: _bert(**BIG_VOCAB, num_labels=3)),
+    "roberta": (T.RobertaForSequenceClassification, lambda: _roberta(**BIG_VOCAB, num_labels=2)),
+    "albert": (T.AlbertForSequenceClassification,
+               lambda: _albert(**BIG_VOCAB, num_hidden_layers=2, num_labels=3)),
+    "distilbert": (T.DistilBertForSequenceClassification,
+                   lambda: T.DistilBertConfig(**BIG_VOCAB, dim=32, n_layers=2, n_heads=4,
+                                              hidden_dim=37, num_labels=2)),
+    "electra": (T.ElectraForSequenceClassification, lambda: _electra(**BIG_VOCAB, num_labels=3)),
+}
+LABELS = {2: ["negative", "positive"], 3: ["negative", "neutral", "positive"]}
+
+TEXTS = [
+    "Loved it!",
+    "the plot is nothing but boilerplate cliches from start to finish, and the script assumes "
+    "that not only would subtlety be lost on the target audience",
+    "meh",
+    "A gorgeous, witty, seductive movie.",
+    "I wanted to like this more than I did, honestly.",
+    "Worst. Purchase. Ever.",
+    "It's a charming and often affecting journey through a family that is, at heart, kind.",
+    "",
+    "Fine, I guess?",
+    "Five stars without a doubt; the cast is superb and the ending lands perfectly.",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return fs.load_tokenizer(MINILM)
+
+
+def _perturb(model, seed=0, scale=0.3):
+    """Move every head parameter (and a few encoder ones) off its initial value."""
+    rng = np.random.RandomState(seed)
+    encoder_hits = 0
+    for path, param in iter_params(model):
+        head = path.startswith("head.")
+        if head or (encoder_hits < 4 and path.endswith(("kernel", "embedding", "scale"))):
+            encoder_hits += not head
+            value = np.asarray(param[...])
+            param[...] = value + rng.normal(0, scale, value.shape).astype(value.dtype)
+
+
+def _tiny_bundle(arch, folder, seed=0):
+    cls, make = TINY[arch]
+    torch.manual_seed(seed)
+    cls(make()).save_pretrained(folder)
+    bundle = fs.load_pretrained_bundle(folder)
+    _perturb(bundle.model, seed)
+    return bundle
+
+
+def _torch_logits(folder, texts):
+    model = T.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    tok = T.AutoTokenizer.from_pretrained(str(folder))
+    enc = tok(texts, padding=True, return_tensors="pt")
+    if model.config.model_type in ("distilbert", "roberta"):
+        enc.pop("token_type_ids", None)
+    with torch.no_grad():
+        return model(**enc).logits.numpy(), {k: v.numpy() for k, v in enc.items()}
+
+
+def _siblings(path):
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_export_matches_transformers_and_pipeline(arch, tmp_path, tokenizer):
+    bundle = _tiny_bundle(arch, tmp_path / "src")
+    labels = LABELS[bundle.config.num_labels]
+    out = tmp_path / "out"
+    report = export_hf(bundle.model, bundle.arch, bundle.hf_config, tokenizer, labels, out)
+    print(f"{arch}: parity max_abs_diff={report['max_abs_diff']:.2e}")
+    assert report["max_abs_diff"] <= 1e-4 and report["num_labels"] == len(labels)
+    assert _siblings(out) == ["src"]  # no temp folder left behind
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == [bundle.arch.hf_class]
+    assert config["id2label"] == {str(i): n for i, n in enumerate(labels)}
+    assert "_name_or_path" not in config
+
+    # Independently of the built-in check: padded batch of varied lengths, float32.
+    theirs, enc = _torch_logits(out, TEXTS)
+    ours = bundle.model(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+    assert np.abs(np.asarray(ours) - theirs).max() <= 1e-4
+
+    pipe = T.pipeline("text-classification", model=str(out), top_k=None)
+    expected = [{d["label"]: d["score"] for d in row} for row in pipe(TEXTS)]
+    clf = Classifier.from_pretrained(out, buckets=(16, 64), batch_size=8)
+    got = clf.predict(TEXTS)
+    for want, have in zip(expected, got, strict=True):
+        assert have["label"] == max(want, key=want.get)
+        assert set(have["probabilities"]) == set(labels)
+        for name, p in want.items():
+            assert abs(have["probabilities"][name] - p) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    bundle = fs.load_pretrained_bundle(MINILM, num_labels=2)
+    assert bundle.fresh_head
+    _perturb(bundle.model, seed=1, scale=0.1)
+    return bundle
+
+
+def test_real_minilm_round_trip(minilm, tmp_path):
+    out = tmp_path / "minilm"
+    report = export_hf(minilm.model, minilm.arch, minilm.hf_config, minilm.tokenizer,
+                       LABELS[2], out)
+    print(f"minilm float32: parity max_abs_diff={report['max_abs_diff']:.2e}")
+    assert report["max_abs_diff"] <= 1e-4
+    # JAX -> PyTorch folder -> JAX: the same weights, so the same logits.
+    back = fs.load_pretrained_bundle(out)
+    assert not back.fresh_head and back.label_names == LABELS[2]
+    enc = back.tokenizer(TEXTS, padding=True, return_tensors="np")
+    args = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    np.testing.assert_allclose(np.asarray(back.model(*args)), np.asarray(minilm.model(*args)),
+                               atol=1e-6, rtol=0)
+    # The parity helper on its own, with the original tokenizer.
+    assert parity_check(minilm.model, out, minilm.tokenizer, TEXTS[:3]) <= 1e-4
+
+
+def test_real_minilm_bfloat16(minilm, tmp_path):
+    report = export_hf(minilm.model, minilm.arch, minilm.hf_config, minilm.tokenizer,
+                       LABELS[2], tmp_path / "bf16", dtype="bfloat16")
+    print(f"minilm bfloat16: max_abs_diff={report['max_abs_diff']:.3g} "
+          f"(tolerance {report['tolerance']:.3g})")
+    assert 0 < report["max_abs_diff"] <= report["tolerance"]
+    assert report["weights_bytes"] < 0.55 * 90_000_000
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return _tiny_bundle("bert", tmp_path_factory.mktemp("tiny") / "src", seed=3)
+
+
+def _export(bundle, tokenizer, out, **kw):
+    return export_hf(bundle.model, bundle.arch, bundle.hf_config, tokenizer,
+                     LABELS[bundle.config.num_labels], out, **kw)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16bit_export(dtype, tiny_bert, tokenizer, tmp_path):
+    full = _export(tiny_bert, tokenizer, tmp_path / "f32")
+    half = _export(tiny_bert, tokenizer, tmp_path / dtype, dtype=dtype)
+    print(f"tiny bert {dtype}: max_abs_diff={half['max_abs_diff']:.3g} "
+          f"(tolerance {half['tolerance']:.3g})")
+    assert half["max_abs_diff"] <= half["tolerance"] and half["tolerance"] > 1e-4
+    assert half["weights_bytes"] < 0.55 * full["weights_bytes"]
+    model = T.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / dtype))
+    assert model.dtype == getattr(torch, dtype)  # config.json says so; "auto" honours it
+
+
+def test_bfloat16_compute_model_is_checked_in_float32(tiny_bert, tokenizer, tmp_path):
+    """A model trained with bfloat16 compute exports float32 weights that PyTorch matches."""
+    model = fs.load_pretrained(tiny_bert.folder, dtype="bfloat16")
+    nnx.update(model, nnx.state(tiny_bert.model, nnx.Param))
+    report = export_hf(model, tiny_bert.arch, tiny_bert.hf_config, tokenizer, LABELS[3],
+                       tmp_path / "out")
+    assert report["max_abs_diff"] <= 1e-4
+
+
+def test_refuses_non_empty_output(tiny_bert, tokenizer, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(fs.UserError, match="not empty"):
+        _export(tiny_bert, tokenizer, out)
+    assert os.listdir(out) == ["keep.txt"] and _siblings(out) == []
+    # An empty folder is fine; overwrite=True replaces a full one.
+    (tmp_path / "empty").mkdir()
+    _export(tiny_bert, tokenizer, tmp_path / "empty")
+    report = _export(tiny_bert, tokenizer, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert report["max_abs_diff"] <= 1e-4 and _siblings(out) == ["empty"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(fs.UserError, match="not a folder"):
+        _export(tiny_bert, tokenizer, tmp_path / "file", overwrite=True)
+
+
+def _corrupt(monkeypatch, change):
+    real = export_mod.export_state_dict
+
+    def corrupted(model, arch, dtype=np.float32):
+        state = real(model, arch, dtype)
+        change(state)
+        return state
+
+    monkeypatch.setattr(export_mod, "export_state_dict", corrupted)
+
+
+def _scale_classifier(state):
+    state["classifier.weight"] = state["classifier.weight"] * 1.01
+
+
+@pytest.mark.parametrize("how,match", [
+    ("weight", "differ from ours"),
+    ("missing", "did not load the export cleanly"),
+    ("unexpected", "did not load the export cleanly"),
+    ("tolerance", "differ from ours"),
+])
+def test_failed_check_leaves_nothing(how, match, tiny_bert, tokenizer, tmp_path, monkeypatch):
+    kw = {}
+    if how == "weight":
+        _corrupt(monkeypatch, _scale_classifier)
+    elif how == "missing":
+        _corrupt(monkeypatch, lambda s: s.pop("bert.encoder.layer.1.output.dense.bias"))
+    elif how == "unexpected":
+        _corrupt(monkeypatch, lambda s: s.update({"bert.extra.weight": np.zeros(3, np.float32)}))
+    else:
+        kw["tolerance"] = -1.0
+    with pytest.raises(ParityError, match=match):
+        _export(tiny_bert, tokenizer, tmp_path / "new", **kw)
+    assert os.listdir(tmp_path) == []  # no output, no temp folder
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(ParityError):
+        _export(tiny_bert, tokenizer, existing, overwrite=True, **kw)
+    assert os.listdir(existing) == ["keep.txt"] and os.listdir(tmp_path) == ["existing"]
+
+
+def test_bad_arguments(tiny_bert, tokenizer, tmp_path):
+    with pytest.raises(fs.UserError, match="label names"):
+        export_hf(tiny_bert.model, tiny_bert.arch, tiny_bert.hf_config, tokenizer, ["a", "b"],
+                  tmp_path / "out")
+    with pytest.raises(fs.UserError, match="dtype 'int8'"):
+        _export(tiny_bert, tokenizer, tmp_path / "out", dtype="int8")
+    assert os.listdir(tmp_path) == []
+
+
+def test_classifier_buckets_order_and_compiles(tiny_bert, tokenizer):
+    model = tiny_bert.model
+    clf = Classifier(model, tokenizer, LABELS[3], max_length=48, buckets=(8, 16, 32),
+                     batch_size=4)
+    assert clf.buckets == [8, 16, 32, 48]
+    assert clf.predict([]) == []
+    texts = TEXTS + [TEXTS[1] * 3]  # one longer than max_length: truncated
+    results = clf.predict(texts)
+    assert len(results) == len(texts)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=48)["input_ids"]]
+    used = {min(b for b in clf.buckets if b >= n) for n in lengths}
+    assert len(clf.compiled_shapes) == len(used) < len(texts)
+    assert {shape[0] for shape in clf.compiled_shapes} == {4}
+    # The reference: one padded batch in input order, straight through the model.
+    enc = tokenizer(texts, truncation=True, max_length=48, padding=True, return_tensors="np")
+    reference = np.asarray(jax.nn.softmax(model(enc["input_ids"], enc["attention_mask"],
+                                                enc["token_type_ids"])))
+    for result, probs in zip(results, reference, strict=True):
+        got = np.array([result["probabilities"][n] for n in LABELS[3]])
+        np.testing.assert_allclose(got, probs, atol=1e-5)
+        assert abs(sum(result["probabilities"].values()) - 1) < 1e-5
+        assert result["label"] == LABELS[3][int(probs.argmax())]
+        assert result["score"] == max(result["probabilities"].values())
+    compiled = clf.compiled_shapes
+    clf.predict(list(reversed(texts)))
+    assert clf.compiled_shapes == compiled  # no new compiles for the same buckets
+    with pytest.raises(fs.UserError, match="list of strings"):
+        clf.predict(["fine", None])
+
+
+def test_classifier_from_pretrained_needs_a_head(tmp_path):
+    T.BertModel(_bert()).save_pretrained(tmp_path)  # an encoder without a classifier
+    with pytest.raises(fs.UserError, match="no sequence-classification head"):
+        Classifier.from_pretrained(tmp_path)
