@@ -8,6 +8,7 @@ config (label names, the checkpoint's Hugging Face config, the resolved run conf
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ class Checkpoints:
             read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+        self.damaged: set[int] = set()
+        self.last_save_seconds = 0.0
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -54,17 +57,28 @@ class Checkpoints:
 
     def save(self, step: int, state: Any, extra: dict[str, Any],
              metrics: dict[str, float] | None = None) -> bool:
-        """Starts an (asynchronous) save; the previous one is finished first."""
+        """Starts an (asynchronous) save; the previous one is finished first.
+
+        `last_save_seconds` is how long the caller was blocked (device-to-host copy and, if
+        the previous save is still running, waiting for it).
+        """
+        start = time.perf_counter()
+        if step in self.damaged:
+            log.warning("replacing the damaged checkpoint at step %d", step)
+            self.manager.delete(step)
+            self.damaged.discard(step)
         if step in self.manager.all_steps():
             return False
         tracked = {self.metric: float(metrics[self.metric])} if metrics else None
-        return self.manager.save(
+        saved = self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     extra=ocp.args.JsonSave(extra)),
             metrics=tracked,
             force=True,
         )
+        self.last_save_seconds = time.perf_counter() - start
+        return saved
 
     def restore_extra(self, step: int) -> dict[str, Any]:
         """Only the JSON part (metadata, data position): cheap, no arrays."""
@@ -94,6 +108,7 @@ class Checkpoints:
             except Exception as e:  # orbax raises many types for damaged files
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 errors.append(f"step {s}: {reason}")
+                self.damaged.add(s)
                 if step is not None:
                     raise UserError(f"{self.directory}: checkpoint {s} is unreadable "
                                     f"({reason})") from None

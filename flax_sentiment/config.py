@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
     c.distributed.initialization_timeout = 300
+    # A process that stops answering for this long makes the others fail instead of hang.
+    c.distributed.heartbeat_timeout_seconds = 100
     return c
 
 

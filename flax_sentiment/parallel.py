@@ -39,8 +39,12 @@ def initialize_distributed(config: Any = None) -> None:
             raise UserError("distributed.coordinator_address is set but no process id "
                             "(config distributed.process_id or JAX_PROCESS_ID)")
         timeout = int(dist.get("initialization_timeout", 300)) if dist else 300
+        heartbeat = int(dist.get("heartbeat_timeout_seconds", 100)) if dist else 100
+        # CPU processes need a cross-process collectives backend (TPU/GPU have their own).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         log.info("jax.distributed: process %d of %d, coordinator %s", pid, num, address)
-        jax.distributed.initialize(address, num, pid, initialization_timeout=timeout)
+        jax.distributed.initialize(address, num, pid, initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=heartbeat)
     elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:
         jax.distributed.initialize()  # multi-host TPU slice: discovers everything itself
 

@@ -422,10 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 result = run_eval(step) if eval_now else None
                 if result is not None:
                     last_eval = result
+                if result is not None or (config.checkpoint.every_steps > 0
+                                          and step % config.checkpoint.every_steps == 0):
                     checkpoints.save(step, state, extra_now(data_state), metrics=result)
-                elif (config.checkpoint.every_steps > 0
-                      and step % config.checkpoint.every_steps == 0):
-                    checkpoints.save(step, state, extra_now(data_state))
+                    writer.write(step, {"checkpoint/blocked_seconds":
+                                        checkpoints.last_save_seconds})
                 patience = config.eval.early_stopping_patience
                 if patience > 0 and progress["bad_evals"] >= patience:
                     stop_reason = (f"early stopping: no {config.eval.metric} improvement in "

@@ -85,7 +85,9 @@ def load_run(workdir: str | Path, step: int | str | None = None, *,
                                rngs=nnx.Rngs(0))
     trainer = Trainer(config, model, enc.num_labels, max(int(config.train.max_steps), 1),
                       parallel.make_mesh())
-    restored_step, state, _ = ckpts.restore(trainer.abstract_state, chosen)
+    # The latest may be damaged: then restore falls back to an older one and says so.
+    latest = step is None or step == "latest"
+    restored_step, state, _ = ckpts.restore(trainer.abstract_state, None if latest else chosen)
     ckpts.close()
     model = trainer.model_def.merge(jax.device_get(state.params))
     return Run(workdir=workdir, step=restored_step, model=model, arch=arch,

@@ -20,3 +20,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def run_setup(tmp_path_factory, shared_data):
+    """A tiny BERT, 320 real SST-2 rows and a 12-step config file, for subprocess runs."""
+    from tests.helpers import STEPS, sst2_subset, tiny_bert, tiny_config, write_config
+
+    root = tmp_path_factory.mktemp("runs")
+    model, data = tiny_bert(root / "model"), sst2_subset(root / "sst2", 320, 64)
+    config = tiny_config(model, data, **{"train.max_steps": STEPS, "checkpoint.keep": 10,
+                                         "checkpoint.every_steps": 4, "eval.every_steps": 6})
+    return {"root": root, "config": write_config(config, root / "config.py")}
+
+
+@pytest.fixture(scope="session")
+def reference_run(run_setup):
+    """The uninterrupted single-process, single-device run every variant must reproduce."""
+    from tests.helpers import train_script
+
+    workdir = run_setup["root"] / "reference"
+    train_script(run_setup["config"], workdir)
+    return workdir

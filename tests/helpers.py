@@ -80,7 +80,7 @@ def write_config(config: ml_collections.ConfigDict, path: Path) -> Path:
     """A configs/*.py style file holding `config`, for scripts/train.py in a subprocess."""
     path.write_text(
         "import json\nimport ml_collections\n\n\ndef get_config():\n"
-        f"    return ml_collections.ConfigDict(json.loads({json.dumps(config.to_json())!r}))\n")
+        f"    return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
     return path
 
 
@@ -90,3 +90,59 @@ def run_script(args: list[str], *, devices: int = 1, timeout: float = 600, env: 
                 "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, text=True,
                           capture_output=True, timeout=timeout, **kwargs)
+
+
+# --- one reference run, and comparing runs ------------------------------------------------
+
+STEPS = 12
+
+
+def train_script(config: Path, workdir: Path, devices: int = 1,
+                 **kw) -> subprocess.CompletedProcess:
+    result = run_script(["scripts/train.py", f"--config={config}", f"--workdir={workdir}"],
+                        devices=devices, **kw)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_params(workdir: Path, step=None) -> dict:
+    import numpy as np
+
+    from flax_sentiment.models.functional import ModelDef
+    from flax_sentiment.workdir import load_run
+
+    return {k: np.asarray(v) for k, v in ModelDef.params_of(load_run(workdir, step).model).items()}
+
+
+def assert_same_run(a: Path, b: Path, atol: float) -> None:
+    """Same final parameters, eval results and logged train losses (no duplicated steps)."""
+    import numpy as np
+    import pytest
+
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_allclose(pb[k], pa[k], atol=atol, rtol=0, err_msg=k)
+    ra = json.loads((a / "eval_results.json").read_text())
+    rb = json.loads((b / "eval_results.json").read_text())
+    assert ra["confusion_matrix"] == rb["confusion_matrix"]
+    assert rb["loss"] == pytest.approx(ra["loss"], abs=atol * 10)
+
+    def losses(workdir):
+        rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+    la, lb = losses(a), losses(b)
+    assert [s for s, _ in la] == [s for s, _ in lb]
+    np.testing.assert_allclose([v for _, v in lb], [v for _, v in la], rtol=1e-4)
+
+
+def keep_until(src: Path, dst: Path, step: int) -> None:
+    """A copy of a finished workdir as if the run had been stopped right after `step`."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for ckpt in (dst / "checkpoints").iterdir():
+        if ckpt.name.isdigit() and int(ckpt.name) > step:
+            shutil.rmtree(ckpt)
+    (dst / "eval_results.json").unlink()

@@ -1,0 +1,128 @@
+"""Exact resume with real processes and signals, restore on another device count, damaged
+checkpoints. Each run is scripts/train.py in a subprocess on a tiny BERT and real SST-2 rows."""
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flax_sentiment.workdir import load_run
+from tests.helpers import REPO, STEPS, assert_same_run, keep_until, run_script, train_script
+
+
+@pytest.fixture(scope="module")
+def eight_devices(run_setup):
+    workdir = run_setup["root"] / "eight"
+    train_script(run_setup["config"], workdir, devices=8)
+    return workdir
+
+
+def test_eight_devices_equal_one_device(reference_run, eight_devices):
+    """Data parallelism is exact: the same losses, parameters and metrics as on 1 device."""
+    assert_same_run(reference_run, eight_devices, atol=1e-5)
+
+
+@pytest.mark.parametrize("saved,devices", [("eight", 1), ("one", 8)])
+def test_restore_on_another_device_count(run_setup, reference_run, eight_devices, tmp_path,
+                                         saved, devices):
+    workdir = tmp_path / "run"
+    keep_until(eight_devices if saved == "eight" else reference_run, workdir, 4)
+    result = train_script(run_setup["config"], workdir, devices=devices)
+    assert re.search(r"resumed from .* at step 4", result.stderr)
+    assert_same_run(reference_run, workdir, atol=1e-5)
+
+
+LONG = ["--config.train.max_steps=60", "--config.eval.every_steps=20"]
+
+
+def _launch(config, workdir):
+    return subprocess.Popen(
+        [sys.executable, "scripts/train.py", f"--config={config}", f"--workdir={workdir}",
+         *LONG], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+
+
+def wait_for_checkpoint(workdir, proc, step, timeout=300):
+    target = workdir / "checkpoints" / str(step)
+    deadline = time.time() + timeout
+    while not target.is_dir():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+
+
+def _steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_sigkill_then_relaunch_resumes_exactly(run_setup, tmp_path):
+    """Killed after a checkpoint at k < N, relaunched with the same command: same end state
+    (same data order after the resume, same dropout rngs)."""
+    killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
+    proc = _launch(run_setup["config"], killed)
+    wait_for_checkpoint(killed, proc, step=8)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 8 in _steps(killed) and max(_steps(killed)) < 60
+    args = ["scripts/train.py", f"--config={run_setup['config']}", *LONG]
+    relaunch = run_script([*args, f"--workdir={killed}"])
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert "resumed from" in relaunch.stderr
+    full = run_script([*args, f"--workdir={uninterrupted}"])
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert_same_run(uninterrupted, killed, atol=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(run_setup, tmp_path):
+    workdir = tmp_path / "run"
+    proc = _launch(run_setup["config"], workdir)
+    wait_for_checkpoint(workdir, proc, step=4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = int(re.search(r"checkpoint saved at step (\d+)", err).group(1))
+    assert "Resume with the same command" in err
+    assert max(_steps(workdir)) == stopped < 60
+    assert not (workdir / "eval_results.json").exists()
+
+
+def test_changed_config_is_refused_on_resume(run_setup, reference_run, tmp_path):
+    workdir = tmp_path / "run"
+    keep_until(reference_run, workdir, 4)
+    result = run_script(["scripts/train.py", f"--config={run_setup['config']}",
+                         f"--workdir={workdir}", "--config.data.label_names=['bad','good']"])
+    assert result.returncode == 2
+    assert "cannot resume: config data.label_names is ['bad', 'good']" in result.stderr
+    assert _steps(workdir) == [4]
+
+
+def test_damaged_latest_checkpoint_falls_back_with_a_warning(reference_run, tmp_path, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    latest = workdir / "checkpoints" / str(STEPS)
+    victim = next(p for p in sorted((latest / "state").rglob("*")) if p.is_file()
+                  and p.stat().st_size > 0 and "metadata" not in p.name)
+    victim.unlink()
+    before = {p: p.stat().st_mtime for p in workdir.rglob("*") if p.is_file()}
+    with caplog.at_level(logging.WARNING):
+        run = load_run(workdir)
+    assert run.step == 8
+    assert f"checkpoint at step {STEPS} is incomplete or damaged" in caplog.text
+    after = {p: p.stat().st_mtime for p in workdir.rglob("*") if p.is_file()}
+    assert before == after  # nothing in the workdir was touched
+
+
+def test_interrupted_save_is_never_taken_for_complete(reference_run, tmp_path):
+    """A save cut short leaves orbax's temporary folder, which restore ignores."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    partial = workdir / "checkpoints" / f"{STEPS + 4}.orbax-checkpoint-tmp-1234"
+    shutil.copytree(workdir / "checkpoints" / str(STEPS), partial)
+    shutil.rmtree(partial / "extra")
+    assert load_run(workdir).step == STEPS
