@@ -319,12 +319,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         f"multiple of the device count ({mesh.devices.size})")
     label_names = list(config.data.label_names)
 
-    checkpoints = Checkpoints(workdir / "checkpoints", keep=config.checkpoint.keep,
-                              metric=config.eval.metric, mode=config.eval.metric_mode,
-                              async_save=config.checkpoint.async_save)
-    resume_step = checkpoints.latest_step()
-    if resume_step is not None:
-        check_resumable(checkpoints.restore_extra(resume_step)["meta"]["config"], config)
+    # Refuse a resume that cannot work before loading anything, and write nothing until the
+    # model and data have loaded (a bad name leaves no half-made workdir behind).
+    resume_step = None
+    if (workdir / "checkpoints").is_dir():
+        existing = Checkpoints(workdir / "checkpoints", read_only=True)
+        resume_step = existing.latest_step()
+        if resume_step is not None:
+            check_resumable(existing.restore_extra(resume_step)["meta"]["config"], config)
+        existing.close()
 
     bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
                                     dtype=config.model.dtype, seed=config.train.seed)
@@ -344,6 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                    else math.ceil(config.train.num_epochs * steps_per_epoch))
 
     trainer = Trainer(config, bundle.model, len(label_names), total_steps, mesh)
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=config.checkpoint.keep,
+                              metric=config.eval.metric, mode=config.eval.metric_mode,
+                              async_save=config.checkpoint.async_save)
     meta = {
         "config": json.loads(to_json(config)),
         "label_names": label_names,

@@ -25,12 +25,17 @@ def tiny_bert(folder: Path, *, dropout: float = 0.1, seed: int = 0, model_type: 
     from flax_sentiment.pretrained import load_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    common = dict(vocab_size=30522, max_position_embeddings=128, num_attention_heads=4)
+    common = dict(vocab_size=30522, max_position_embeddings=128, num_attention_heads=4,
+                  hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if model_type == "bert":
-        cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-                           hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                           **common)
-        cls = T.BertModel
+        cfg, cls = T.BertConfig(**common), T.BertModel
+    elif model_type == "roberta":
+        cfg, cls = T.RobertaConfig(**common, type_vocab_size=1), T.RobertaModel
+    elif model_type == "albert":
+        cfg, cls = T.AlbertConfig(**common, embedding_size=16), T.AlbertModel
+    elif model_type == "electra":
+        cfg, cls = T.ElectraConfig(**common, embedding_size=16), T.ElectraModel
     elif model_type == "distilbert":
         cfg = T.DistilBertConfig(vocab_size=30522, max_position_embeddings=128, dim=32,
                                  n_layers=2, n_heads=4, hidden_dim=64, dropout=dropout,

@@ -286,3 +286,59 @@ def test_classifier_from_pretrained_needs_a_head(tmp_path):
     T.BertModel(_bert()).save_pretrained(tmp_path)  # an encoder without a classifier
     with pytest.raises(fs.UserError, match="no sequence-classification head"):
         Classifier.from_pretrained(tmp_path)
+
+
+# --- from a training workdir, per architecture ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sst2_rows(tmp_path_factory, shared_data):
+    from tests.helpers import sst2_subset
+
+    return sst2_subset(tmp_path_factory.mktemp("sst2"), 64, 48)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "albert", "distilbert", "electra"])
+def test_trained_workdir_exports_with_parity(model_type, sst2_rows, tmp_path):
+    """Train a few steps (the head leaves its initial values), export, load in transformers."""
+    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.workdir import load_run
+    from tests.helpers import tiny_bert, tiny_config
+
+    model_dir = tiny_bert(tmp_path / "model", model_type=model_type)
+    config = tiny_config(model_dir, sst2_rows, **{"train.max_steps": 3, "eval.every_steps": 0,
+                                                  "checkpoint.every_steps": 0,
+                                                  "train.learning_rate": 1e-2})
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, workdir)
+    run = load_run(workdir)
+    initial = fs.load_pretrained_bundle(model_dir, num_labels=2)
+    assert not np.allclose(run.model.head.out.kernel[...], initial.model.head.out.kernel[...])
+
+    out = tmp_path / "export"
+    report = export_hf(run.model, run.arch, run.hf_config, run.tokenizer, run.label_names, out)
+    assert report["max_abs_diff"] <= 1e-4
+    torch_model = T.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert torch_model.config.id2label == {0: "negative", 1: "positive"}
+    assert type(torch_model).__name__ == run.arch.hf_class
+    tok = T.AutoTokenizer.from_pretrained(out)
+    texts = export_mod.PARITY_TEXTS
+    enc = tok(texts, padding=True, return_tensors="np")
+    with torch.no_grad():
+        ref = torch_model(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
+    ours = np.asarray(run.model(enc["input_ids"], enc["attention_mask"],
+                                enc.get("token_type_ids")))
+    assert np.abs(ours - ref).max() <= 1e-4
+    pipe = T.pipeline("text-classification", model=str(out), tokenizer=str(out))
+    ours_pred = Classifier.from_workdir(workdir).predict(texts)
+    assert [p["label"] for p in pipe(texts)] == [p["label"] for p in ours_pred]
+
+
+def test_export_script_refusals(tmp_path):
+    from tests.helpers import run_script
+
+    (tmp_path / "empty_workdir").mkdir()
+    result = run_script(["scripts/export.py", f"--workdir={tmp_path / 'empty_workdir'}",
+                         f"--output={tmp_path / 'out'}"])
+    assert result.returncode == 2 and "no checkpoints folder" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,59 @@
+"""Every shipped config loads, validates, and names real sources; bad command lines fail clearly."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from flax_sentiment.config import validate
+from tests.helpers import REPO, run_script
+
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_is_valid(path):
+    config = _load(path)
+    validate(config)
+    assert config.model.name_or_path and config.data.name_or_path
+
+
+def test_expected_recipes_exist():
+    names = {p.stem for p in CONFIGS}
+    assert {"default", "quickstart", "sst2_roberta_base", "sst2_albert_base_v2",
+            "imdb_roberta_base", "tweet_eval_roberta_base"} <= names
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    result = run_script(["scripts/train.py", "--config=configs/quickstart.py",
+                         f"--workdir={tmp_path / 'run'}", "--config.train.learnin_rate=1e-4"])
+    assert result.returncode != 0
+    assert "learnin_rate" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_size_must_divide_over_devices(tmp_path):
+    result = run_script(["scripts/train.py", "--config=configs/quickstart.py",
+                         f"--workdir={tmp_path / 'run'}", "--config.train.batch_size=30"],
+                        devices=8)
+    assert result.returncode == 2
+    assert "train.batch_size=30 must be a positive multiple of the device count (8 devices)" \
+        in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_hub_model_offline_is_a_clear_error(tmp_path):
+    result = run_script(["scripts/train.py", "--config=configs/default.py",
+                         f"--workdir={tmp_path / 'run'}"],
+                        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "could not be downloaded" in last
+    assert not (tmp_path / "run").exists()
