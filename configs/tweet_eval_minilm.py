@@ -17,7 +17,7 @@ def get_config():
     c.data.eval_split = "validation"
     c.data.max_length = 128
     c.train.batch_size = 32
-    c.train.num_epochs = 3.0
+    c.train.num_epochs = 2.0
     c.train.learning_rate = 1e-4
     c.train.warmup_ratio = 0.06
     c.eval.every_steps = 384
