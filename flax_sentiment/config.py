@@ -69,6 +69,20 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def glue_sst2(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """GLUE SST-2 from the Hugging Face hub, as the hub recipes use it (eval on validation)."""
+    c.data.name_or_path = "nyu-mll/glue"
+    c.data.subset = "sst2"
+    c.data.text_column = "sentence"
+    c.data.label_names = ["negative", "positive"]
+    c.data.max_length = 128
+    c.train.batch_size = 32
+    c.train.num_epochs = 3.0
+    c.eval.every_steps = 1000
+    c.checkpoint.every_steps = 1000
+    return c
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Reject values that would fail later, deep inside JAX or the data pipeline."""
     t, e = config.train, config.eval
