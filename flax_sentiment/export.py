@@ -307,3 +307,44 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
     log.info("exported %s (%s, %d labels) to %s; PyTorch logits within %.2g of ours",
              arch.hf_class, dtype, num_labels, output, diff)
     return report
+
+
+def compare_on_split(model: Any, folder: Path, split: Any, *, batch_size: int = 64,
+                     buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
+                     pad_id: int = 0) -> dict[str, Any]:
+    """Accuracy of our model and of the exported PyTorch folder on a whole labelled split.
+
+    Both see the same token ids (the training pipeline's), so any gap is the export's alone.
+    `split` is a `data.TokenizedSplit`.
+    """
+    import jax
+    import torch
+
+    from flax_sentiment.batching import EvalBatches, make_buckets
+
+    torch_model = load_torch_model(Path(folder))
+    forward = jax.jit(lambda ids, mask, types: model(ids, mask, types))
+    use_types = model.config.type_vocab_size > 0
+    lengths = make_buckets(buckets, int(split.lengths.max()))
+    ours_pred, theirs_pred, labels, max_diff = [], [], [], 0.0
+    for batch in EvalBatches(split, batch_size, lengths, pad_id=pad_id):
+        real = batch["weights"] > 0
+        types = batch["token_type_ids"] if use_types else None
+        ours = np.asarray(forward(batch["input_ids"], batch["attention_mask"], types))[real]
+        kw = {"input_ids": torch.from_numpy(batch["input_ids"].astype(np.int64)),
+              "attention_mask": torch.from_numpy(batch["attention_mask"].astype(np.int64))}
+        if use_types:
+            kw["token_type_ids"] = torch.from_numpy(batch["token_type_ids"].astype(np.int64))
+        with torch.no_grad():
+            theirs = torch_model(**kw).logits.float().numpy()[real]
+        max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
+        ours_pred.append(ours.argmax(-1))
+        theirs_pred.append(theirs.argmax(-1))
+        labels.append(batch["labels"][real])
+    ours_pred, theirs_pred = np.concatenate(ours_pred), np.concatenate(theirs_pred)
+    labels = np.concatenate(labels)
+    return {"split": split.name, "num_examples": int(labels.size),
+            "jax_accuracy": float((ours_pred == labels).mean()),
+            "torch_accuracy": float((theirs_pred == labels).mean()),
+            "prediction_agreement": float((ours_pred == theirs_pred).mean()),
+            "max_abs_logit_diff": max_diff}

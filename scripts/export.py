@@ -24,9 +24,11 @@ def main() -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max abs logit difference allowed (float32; scaled for 16-bit)")
+    p.add_argument("--compare-split", metavar="SPLIT",
+                   help="also report JAX vs PyTorch accuracy on this split of the run's data")
     args = p.parse_args()
     setup_logging()
-    from flax_sentiment.export import export_hf
+    from flax_sentiment.export import compare_on_split, export_hf
     from flax_sentiment.workdir import load_run
 
     try:
@@ -34,6 +36,13 @@ def main() -> None:
         report = export_hf(run.model, run.arch, run.hf_config, run.tokenizer, run.label_names,
                            args.output, dtype=args.dtype, overwrite=args.overwrite,
                            tolerance=args.tolerance)
+        if args.compare_split:
+            from flax_sentiment.data import load_split, pad_token_id
+
+            split = load_split(run.config.data, run.tokenizer, args.compare_split)
+            report["compare"] = compare_on_split(
+                run.model, report["path"], split, buckets=run.config.data.buckets,
+                pad_id=pad_token_id(run.tokenizer))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

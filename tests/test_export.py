@@ -332,6 +332,17 @@ def test_trained_workdir_exports_with_parity(model_type, sst2_rows, tmp_path):
     pipe = T.pipeline("text-classification", model=str(out), tokenizer=str(out))
     ours_pred = Classifier.from_workdir(workdir).predict(texts)
     assert [p["label"] for p in pipe(texts)] == [p["label"] for p in ours_pred]
+    if model_type == "bert":  # the whole validation split through both frameworks
+        from flax_sentiment.data import load_split, pad_token_id
+        from flax_sentiment.export import compare_on_split
+
+        split = load_split(run.config.data, run.tokenizer, "validation")
+        result = compare_on_split(run.model, out, split, pad_id=pad_token_id(run.tokenizer))
+        assert result["num_examples"] == 48
+        assert result["jax_accuracy"] == result["torch_accuracy"]
+        assert result["prediction_agreement"] == 1.0 and result["max_abs_logit_diff"] <= 1e-4
+        jax_eval = json.loads((workdir / "eval_results.json").read_text())
+        assert result["jax_accuracy"] == pytest.approx(jax_eval["accuracy"])
 
 
 def test_export_script_refusals(tmp_path):
