@@ -159,3 +159,16 @@ def test_bad_config_values(tiny, tmp_path, key, value, message):
 def test_missing_workdir_parent(tiny, tmp_path):
     with pytest.raises(UserError, match="parent folder .* does not exist"):
         train_and_evaluate(tiny_config(tiny["model"], tiny["data"]), tmp_path / "no" / "run")
+
+
+def test_early_stopping_ends_the_run_and_reports_the_best_step(tiny, tmp_path, caplog):
+    config = tiny_config(tiny["model"], tiny["data"], **{
+        "train.max_steps": 40, "train.learning_rate": 1e-9, "eval.every_steps": 2,
+        "eval.early_stopping_patience": 2, "eval.metric": "accuracy",
+        "checkpoint.every_steps": 0})
+    with caplog.at_level("INFO"):
+        results = train_and_evaluate(config, tmp_path / "run")
+    assert "early stopping: no accuracy improvement in 2 evaluations" in caplog.text
+    assert results["step"] < 40 and results["best_step"] < results["step"]
+    saved = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert saved["best_step"] == results["best_step"]
