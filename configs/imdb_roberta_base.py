@@ -9,13 +9,13 @@ def get_config():
     c.model.name_or_path = "FacebookAI/roberta-base"
     c.data.name_or_path = "stanfordnlp/imdb"
     c.data.text_column = "text"
-    c.data.label_names = ["negative", "positive"]
+    c.data.label_names = ("negative", "positive")
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.max_length = 512
     c.data.truncation = "head_tail"
     c.data.head_tokens = 128
-    c.data.buckets = [128, 256, 384, 512]
+    c.data.buckets = (128, 256, 384, 512)
     c.train.batch_size = 32
     c.train.grad_accum_steps = 2  # 16 x 512 tokens per micro-batch
     c.train.num_epochs = 2.0

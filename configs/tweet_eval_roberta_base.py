@@ -9,7 +9,7 @@ def get_config():
     c.data.name_or_path = "cardiffnlp/tweet_eval"
     c.data.subset = "sentiment"
     c.data.text_column = "text"
-    c.data.label_names = ["negative", "neutral", "positive"]
+    c.data.label_names = ("negative", "neutral", "positive")
     c.data.max_length = 128
     c.train.batch_size = 32
     c.train.num_epochs = 3.0

@@ -74,7 +74,7 @@ def glue_sst2(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.name_or_path = "nyu-mll/glue"
     c.data.subset = "sst2"
     c.data.text_column = "sentence"
-    c.data.label_names = ["negative", "positive"]
+    c.data.label_names = ("negative", "positive")
     c.data.max_length = 128
     c.train.batch_size = 32
     c.train.num_epochs = 3.0

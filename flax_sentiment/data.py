@@ -56,7 +56,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.text_column = "sentence"
     c.text_pair_column = ""  # '' = single-text classification
     c.label_column = "label"
-    c.label_names = ["negative", "positive"]
+    c.label_names = ("negative", "positive")  # tuples: overridable on the command line
     c.label_map = {}  # raw label (int or str) -> label name, merges classes (SST-5 -> 3)
     c.train_split = "train"
     c.eval_split = "validation"  # '' = no evaluation split
@@ -64,7 +64,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.max_length = 128
     c.truncation = "head"  # 'head' | 'tail' | 'head_tail'
     c.head_tokens = 64  # head_tail: tokens kept from the start, the rest from the end
-    c.buckets = list(DEFAULT_BUCKETS)
+    c.buckets = tuple(DEFAULT_BUCKETS)
     c.encoding = "utf-8"
     c.seed = 0
     c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)

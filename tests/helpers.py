@@ -65,7 +65,7 @@ def tiny_config(model: Path, data: Path, **overrides) -> ml_collections.ConfigDi
     c.model.name_or_path = str(model)
     c.data.name_or_path = str(data)
     c.data.max_length = 64
-    c.data.buckets = [16, 64]
+    c.data.buckets = (16, 64)
     c.train.batch_size = 16
     c.train.max_steps = 12
     c.train.learning_rate = 1e-3
@@ -82,10 +82,18 @@ def tiny_config(model: Path, data: Path, **overrides) -> ml_collections.ConfigDi
 
 
 def write_config(config: ml_collections.ConfigDict, path: Path) -> Path:
-    """A configs/*.py style file holding `config`, for scripts/train.py in a subprocess."""
+    """A configs/*.py style file holding `config`, for scripts/train.py in a subprocess.
+
+    Lists go back to tuples, as in real configs: ml_collections overrides tuples, not lists.
+    """
     path.write_text(
-        "import json\nimport ml_collections\n\n\ndef get_config():\n"
-        f"    return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
+        "import json\nimport ml_collections\n\n\n"
+        "def _tuples(x):\n"
+        "    if isinstance(x, dict):\n"
+        "        return {k: _tuples(v) for k, v in x.items()}\n"
+        "    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x\n\n\n"
+        "def get_config():\n"
+        f"    return ml_collections.ConfigDict(_tuples(json.loads({config.to_json()!r})))\n")
     return path
 
 

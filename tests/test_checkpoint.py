@@ -96,7 +96,7 @@ def test_changed_config_is_refused_on_resume(run_setup, reference_run, tmp_path)
     workdir = tmp_path / "run"
     keep_until(reference_run, workdir, 4)
     result = run_script(["scripts/train.py", f"--config={run_setup['config']}",
-                         f"--workdir={workdir}", "--config.data.label_names=['bad','good']"])
+                         f"--workdir={workdir}", "--config.data.label_names=('bad','good')"])
     assert result.returncode == 2
     assert "cannot resume: config data.label_names is ['bad', 'good']" in result.stderr
     assert _steps(workdir) == [4]
