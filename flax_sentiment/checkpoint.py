@@ -37,6 +37,9 @@ class Checkpoints:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
+            # best_fn makes orbax store each checkpoint's metrics (BestN above needs them).
+            best_fn=lambda m: m[metric],
+            best_mode=mode,
             enable_async_checkpointing=async_save,
             create=not read_only,
             read_only=read_only,

@@ -172,3 +172,22 @@ def test_early_stopping_ends_the_run_and_reports_the_best_step(tiny, tmp_path, c
     assert results["step"] < 40 and results["best_step"] < results["step"]
     saved = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert saved["best_step"] == results["best_step"]
+
+
+def test_best_checkpoint_is_kept_and_loadable(tiny, tmp_path):
+    from flax_sentiment.workdir import load_run
+
+    config = tiny_config(tiny["model"], tiny["data"], **{
+        "train.max_steps": 12, "eval.every_steps": 2, "checkpoint.every_steps": 0,
+        "checkpoint.keep": 1, "eval.metric": "loss",
+        # "best" = highest loss: an early step, so the best is not also the latest.
+        "eval.metric_mode": "max"})
+    results = train_and_evaluate(config, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["eval/loss"] for r in rows if "eval/loss" in r}
+    best = max(losses, key=losses.get)
+    assert results["best_step"] == best < 12
+    steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps == sorted({best, 12})  # the latest plus the best, nothing else
+    assert load_run(tmp_path / "run", "best").step == best
