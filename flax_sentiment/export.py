@@ -168,7 +168,6 @@ def parity_logits(model: Any, folder: Path, tokenizer: Any = None,
 
     `tokenizer` defaults to the one saved in `folder`, which is what users of the export get.
     """
-    import torch
     from transformers import AutoTokenizer
 
     texts = list(PARITY_TEXTS if texts is None else texts)
@@ -184,14 +183,21 @@ def parity_logits(model: Any, folder: Path, tokenizer: Any = None,
         types = None
     ours = np.asarray(model(ids, mask, None if types is None else types.astype(np.int32)),
                       dtype=np.float32)
-    torch_model = load_torch_model(folder)
+    theirs = torch_logits(load_torch_model(folder), ids, mask, types)
+    return ours, theirs
+
+
+def torch_logits(torch_model: Any, ids: np.ndarray, mask: np.ndarray,
+                 types: np.ndarray | None) -> np.ndarray:
+    """float32 logits of a transformers model on numpy inputs (no gradients)."""
+    import torch
+
     kw = {"input_ids": torch.from_numpy(ids.astype(np.int64)),
           "attention_mask": torch.from_numpy(mask.astype(np.int64))}
     if types is not None:
         kw["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
     with torch.no_grad():
-        theirs = torch_model(**kw).logits.float().numpy()
-    return ours, theirs
+        return torch_model(**kw).logits.float().numpy()
 
 
 def parity_check(model: Any, folder: Path, tokenizer: Any = None,
@@ -318,7 +324,6 @@ def compare_on_split(model: Any, folder: Path, split: Any, *, batch_size: int = 
     `split` is a `data.TokenizedSplit`.
     """
     import jax
-    import torch
 
     from flax_sentiment.batching import EvalBatches, make_buckets
 
@@ -331,12 +336,8 @@ def compare_on_split(model: Any, folder: Path, split: Any, *, batch_size: int = 
         real = batch["weights"] > 0
         types = batch["token_type_ids"] if use_types else None
         ours = np.asarray(forward(batch["input_ids"], batch["attention_mask"], types))[real]
-        kw = {"input_ids": torch.from_numpy(batch["input_ids"].astype(np.int64)),
-              "attention_mask": torch.from_numpy(batch["attention_mask"].astype(np.int64))}
-        if use_types:
-            kw["token_type_ids"] = torch.from_numpy(batch["token_type_ids"].astype(np.int64))
-        with torch.no_grad():
-            theirs = torch_model(**kw).logits.float().numpy()[real]
+        theirs = torch_logits(torch_model, batch["input_ids"], batch["attention_mask"],
+                              types)[real]
         max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
         ours_pred.append(ours.argmax(-1))
         theirs_pred.append(theirs.argmax(-1))
