@@ -158,11 +158,12 @@ class Attention(nnx.Module):
     def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
         b, n, h = x.shape
         heads, d = self.num_heads, h // self.num_heads
-        q = self.query(x).reshape(b, n, heads, d)
+        # Scale q (b*n*h values) rather than the scores (b*h*n*n), as PyTorch's SDPA does.
+        q = (self.query(x) * jnp.asarray(1 / math.sqrt(d), x.dtype)).reshape(b, n, heads, d)
         k = self.key(x).reshape(b, n, heads, d)
         v = self.value(x).reshape(b, n, heads, d)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(d) + bias
+        scores = scores + bias
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, h)
