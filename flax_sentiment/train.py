@@ -272,9 +272,7 @@ class Trainer:
                                  out_shardings=self.replicated)
 
     def initial_state(self) -> TrainState:
-        state = self._init(_replicate(self._init_params, self.replicated))
-        self._init_params = None  # the host copy of the weights is not needed any more
-        return state
+        return self._init(_replicate(self._init_params, self.replicated))
 
     def evaluate(self, params: Params, batches: data_lib.EvalBatches,
                  label_names: list[str]) -> dict[str, Any]:
