@@ -219,7 +219,7 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
         batch_size = int(run.config.get("eval", {}).get("batch_size", 128))
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size}: must be at least 1")
-    batch_size = -(-batch_size // n_dev) * n_dev
+    batch_size = parallel.round_up(batch_size, n_dev)
     buckets = data_lib.make_buckets(config.get("buckets", data_lib.DEFAULT_BUCKETS),
                                     int(config.max_length))
     batches = data_lib.EvalBatches(examples, batch_size, buckets,

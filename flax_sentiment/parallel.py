@@ -63,6 +63,11 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= n (eval batches must split evenly over devices)."""
+    return -(-n // multiple) * multiple
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0
 

@@ -295,10 +295,6 @@ def enable_compilation_cache(directory: str) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.data`; resumes from `workdir` when it has checkpoints.
 
@@ -338,8 +334,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_iter = data_lib.TrainIterator(data.train, config.train.batch_size, data.buckets,
                                         seed=config.train.seed, pad_id=data.pad_id,
                                         process_index=pid, process_count=n_proc)
-    eval_batches = (data_lib.EvalBatches(data.eval, _round_up(config.eval.batch_size, n_dev),
-                                         data.buckets, pad_id=data.pad_id, process_index=pid,
+    eval_batch = parallel.round_up(config.eval.batch_size, n_dev)
+    eval_batches = (data_lib.EvalBatches(data.eval, eval_batch, data.buckets, pad_id=data.pad_id, process_index=pid,
                                          process_count=n_proc)
                     if data.eval is not None and len(data.eval) else None)
     steps_per_epoch = train_iter.steps_per_epoch
