@@ -335,7 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                         seed=config.train.seed, pad_id=data.pad_id,
                                         process_index=pid, process_count=n_proc)
     eval_batch = parallel.round_up(config.eval.batch_size, n_dev)
-    eval_batches = (data_lib.EvalBatches(data.eval, eval_batch, data.buckets, pad_id=data.pad_id, process_index=pid,
+    eval_batches = (data_lib.EvalBatches(data.eval, eval_batch, data.buckets,
+                                         pad_id=data.pad_id, process_index=pid,
                                          process_count=n_proc)
                     if data.eval is not None and len(data.eval) else None)
     steps_per_epoch = train_iter.steps_per_epoch
