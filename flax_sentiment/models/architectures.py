@@ -128,6 +128,7 @@ def _albert_config(hf: dict[str, Any]) -> EncoderConfig:
         hidden_dropout=hf.get("hidden_dropout_prob", 0.0),
         attention_dropout=hf.get("attention_probs_dropout_prob", 0.0),
         classifier_dropout=_dropout(hf.get("classifier_dropout_prob"), 0.1),
+        ffn_output_dropout=False,
     )
 
 
@@ -151,6 +152,7 @@ def _distilbert_config(hf: dict[str, Any]) -> EncoderConfig:
         hidden_dropout=hf.get("dropout", 0.1),
         attention_dropout=hf.get("attention_dropout", 0.1),
         classifier_dropout=hf.get("seq_classif_dropout", 0.2),
+        attention_output_dropout=False,
         head_activation="relu",
         initializer_range=hf.get("initializer_range", 0.02),
     )

@@ -31,6 +31,10 @@ class EncoderConfig:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     classifier_dropout: float = 0.1
+    # Where transformers applies `hidden_dropout` inside a layer. Defaults (BERT's) keep saved
+    # encoder configs from before these fields loadable, with the dropout they were trained with.
+    attention_output_dropout: bool = True  # after the attention output projection (not DistilBERT)
+    ffn_output_dropout: bool = True  # after the feed-forward output (not ALBERT)
     # ALBERT's cross-layer sharing: `num_layers` passes over `num_hidden_groups` groups of
     # `inner_group_num` layers each; every other architecture has one layer per pass.
     num_hidden_groups: int = 0  # 0 -> no sharing
@@ -43,6 +47,12 @@ class EncoderConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def max_input_length(self) -> int:
+        """Longest input the position embeddings allow (RoBERTa's positions start at pad + 1)."""
+        limit = self.max_position_embeddings
+        return limit - (self.pad_token_id + 1 if self.padding_aware_positions else 0)
 
     def replace(self, **changes: Any) -> EncoderConfig:
         return dataclasses.replace(self, **changes)

@@ -65,21 +65,75 @@ def _fmix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
+def _mul_wide(a: jax.Array, b: int) -> tuple[jax.Array, jax.Array]:
+    """(hi, lo) uint32 words of the exact 64-bit product a * b (b < 2^32), by 16-bit limbs."""
+    a0, a1 = a & jnp.uint32(0xFFFF), a >> 16
+    b0, b1 = jnp.uint32(b & 0xFFFF), jnp.uint32(b >> 16)
+    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
+    mid = (p00 >> 16) + (p01 & jnp.uint32(0xFFFF)) + (p10 & jnp.uint32(0xFFFF))
+    hi = p11 + (p01 >> 16) + (p10 >> 16) + (mid >> 16)
+    return hi, (p00 & jnp.uint32(0xFFFF)) | (mid << 16)
+
+
+def _flat_counter(shape: tuple[int, ...], coords: list[jax.Array]
+                  ) -> tuple[jax.Array | None, jax.Array]:
+    """(hi, lo) uint32 words of the row-major flat index of uint32 `coords` (one per axis).
+
+    hi is None when the array has at most 2^32 elements (decided at trace time): then lo is the
+    whole index, computed as before hi existed, so ordinary shapes keep their masks at no cost.
+    """
+    size = math.prod(shape)
+    if size > 1 << 64:
+        raise ValueError(f"counter_hash_bits: shape {shape} has over 2^64 elements")
+    lo = jnp.zeros((), jnp.uint32)
+    hi = None if size <= 1 << 32 else jnp.zeros((), jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        c, p_hi = coords[axis], None
+        if (shape[axis] - 1) * stride < 1 << 32:
+            p_lo = c * jnp.uint32(stride % (1 << 32))  # exact (c < shape[axis])
+        else:  # c * stride needs 64 bits
+            p_hi, p_lo = _mul_wide(c, stride % (1 << 32))
+            if stride >> 32:
+                p_hi = p_hi + c * jnp.uint32(stride >> 32)
+        lo = lo + p_lo  # wraps mod 2^32, as the index always did
+        if hi is not None:  # add with carry
+            hi = hi + (lo < p_lo).astype(jnp.uint32)
+            if p_hi is not None:
+                hi = hi + p_hi
+        stride *= shape[axis]
+    return hi, lo
+
+
+def _hash(key: jax.Array, hi: jax.Array | None, lo: jax.Array) -> jax.Array:
+    """Two seeds from `key` (so the bits are a pure function of it) enter before and between the
+    hashes; hi enters through fmix32(hi), which is 0 for hi == 0 (bits below 2^32 unchanged)."""
+    seeds = jax.random.bits(key, (2,), jnp.uint32)
+    second = seeds[1] if hi is None else seeds[1] ^ _fmix32(hi)
+    return _fmix32(_fmix32(lo ^ seeds[0]) + second)
+
+
 def counter_hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """uint32 random bits of `shape`: a double-hashed element counter, seeded from `key`.
 
     jax.random's threefry runs as a rolled loop on CPU (~40 ns per number); dropout on the
     attention probabilities needs ~40M numbers per BERT-small step. This is ~10 integer ops per
-    element, fused into the consumer: dropout masks for free. Two seeds drawn from `key` (so
-    the mask is a pure function of the key, like jax.random) enter before and between the hashes.
+    element, fused into the consumer: dropout masks for free. The counter is 64-bit (two
+    uint32 words) for arrays of 2^32 elements or more, so no two elements share a counter.
     """
-    seeds = jax.random.bits(key, (2,), jnp.uint32)
-    index = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(len(shape))):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-        stride = (stride * shape[axis]) % (1 << 32)
-    return _fmix32(_fmix32(index ^ seeds[0]) + seeds[1])
+    coords = [jax.lax.broadcasted_iota(jnp.uint32, shape, axis) for axis in range(len(shape))]
+    hi, lo = _flat_counter(shape, coords)
+    return _hash(key, hi, jnp.broadcast_to(lo, shape))
+
+
+def counter_hash_bits_at(key: jax.Array, shape: tuple[int, ...], coords) -> jax.Array:
+    """`counter_hash_bits(key, shape)[tuple(coords.T)]` without building `shape`: [n] uint32.
+
+    Lets tests look at chosen elements of shapes too big to materialise.
+    """
+    coords = jnp.asarray(coords, jnp.uint32)
+    hi, lo = _flat_counter(shape, [coords[:, axis] for axis in range(len(shape))])
+    return _hash(key, hi, jnp.broadcast_to(lo, coords.shape[:1]))
 
 
 class Dropout(nnx.Module):
@@ -153,7 +207,8 @@ class Attention(nnx.Module):
         self.out = _linear(cfg, h, h, dtype, rngs)
         self.norm = _norm(cfg, h, rngs)
         self.attention_dropout = Dropout(cfg.attention_dropout)
-        self.dropout = Dropout(cfg.hidden_dropout)
+        # Rate 0 is the identity: DistilBERT has no dropout after its attention output projection.
+        self.dropout = Dropout(cfg.hidden_dropout if cfg.attention_output_dropout else 0.0)
 
     def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
         b, n, h = x.shape
@@ -178,7 +233,8 @@ class FeedForward(nnx.Module):
         self.inner = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, dtype, rngs)
         self.outer = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, dtype, rngs)
         self.norm = _norm(cfg, cfg.hidden_size, rngs)
-        self.dropout = Dropout(cfg.hidden_dropout)
+        # ALBERT builds this dropout but never applies it: rate 0, the identity.
+        self.dropout = Dropout(cfg.hidden_dropout if cfg.ffn_output_dropout else 0.0)
 
     def __call__(self, x, *, deterministic: bool, rngs) -> jax.Array:
         y = self.outer(self.act(self.inner(x)))
