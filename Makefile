@@ -30,8 +30,9 @@ lint:
 bench:
 	$(PY) scripts/bench.py
 
+# ARGS: config overrides, e.g. make quickstart ARGS=--config.train.max_steps=20
 quickstart:
-	$(PY) scripts/train.py --config configs/quickstart.py --workdir runs/quickstart
+	$(PY) scripts/train.py --config configs/quickstart.py --workdir runs/quickstart $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -96,7 +96,8 @@ class Checkpoints:
         restores onto 1 and the reverse. A damaged newest checkpoint (a file lost, a save cut
         short) is skipped with a warning, never deleted.
         """
-        candidates = [step] if step is not None else self.all_steps()[::-1]
+        candidates = ([step] if step is not None
+                      else [s for s in self.all_steps()[::-1] if s not in self.damaged])
         if not candidates:
             raise UserError(f"{self.directory}: no checkpoints")
         errors = []

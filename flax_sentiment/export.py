@@ -156,9 +156,7 @@ def _architectures(folder: Path) -> list[str]:
 
 
 def _max_tokens(model: Any, tokenizer: Any) -> int:
-    from flax_sentiment.predict import position_limit
-
-    limit = position_limit(model.config)
+    limit = model.config.max_input_length
     return int(min(limit, getattr(tokenizer, "model_max_length", None) or limit))
 
 

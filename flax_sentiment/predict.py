@@ -22,14 +22,6 @@ from flax_sentiment.errors import UserError
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
-def position_limit(cfg: Any) -> int:
-    """Longest input the model's position embeddings allow (RoBERTa starts at pad + 1)."""
-    limit = int(cfg.max_position_embeddings)
-    if cfg.padding_aware_positions:
-        limit -= int(cfg.pad_token_id) + 1
-    return limit
-
-
 class Classifier:
     """A sequence classifier ready for `predict(texts)`.
 
@@ -49,7 +41,7 @@ class Classifier:
             raise UserError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} "
                             f"and {max_length}")
         self.tokenizer = tokenizer
-        self.max_length = min(int(max_length), position_limit(cfg))
+        self.max_length = min(int(max_length), cfg.max_input_length)
         self.buckets = make_buckets(buckets, self.max_length)
         self.truncation, self.head_tokens = truncation, int(head_tokens)
         self.batch_size = int(batch_size)

@@ -26,6 +26,7 @@ from flax_sentiment.checkpoint import Checkpoints, abstract_with_shardings
 from flax_sentiment.config import to_json, validate
 from flax_sentiment.errors import UserError
 from flax_sentiment.logging_utils import MetricsWriter
+from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.functional import ModelDef, Params
 from flax_sentiment.pretrained import load_pretrained_bundle
 
@@ -91,13 +92,19 @@ def _weighted_ce_sum(model_def: ModelDef, params: Params, batch: dict[str, jax.A
     logits = model_def.merge(params)(
         batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
         deterministic=False, dropout_rng=jax.random.wrap_key_data(rng))
-    targets = jax.nn.one_hot(batch["labels"], num_labels)
+    # PyTorch's CrossEntropyLoss(weight=w, label_smoothing=e), the definition users know:
+    # (1 - e) * w[y] * ce_y + e / C * sum_c w[c] * ce_c, normalised by sum w[y] (the caller
+    # divides by it). Per-row `weights` mask padded rows.
+    nll = -jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    labels = batch["labels"]
+    w_y = class_weights[labels]
+    ce = w_y * jnp.take_along_axis(nll, labels[:, None], axis=-1)[:, 0]
     if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
-    ce = optax.softmax_cross_entropy(logits, targets)
-    w = batch["weights"] * class_weights[batch["labels"]]
-    correct = (jnp.argmax(logits, -1) == batch["labels"]) * batch["weights"]
-    return jnp.sum(w * ce), (jnp.sum(w), jnp.sum(correct))
+        smooth = jnp.sum(nll * class_weights, axis=-1) / num_labels
+        ce = (1.0 - label_smoothing) * ce + label_smoothing * smooth
+    w = batch["weights"] * w_y
+    correct = (jnp.argmax(logits, -1) == labels) * batch["weights"]
+    return jnp.sum(batch["weights"] * ce), (jnp.sum(w), jnp.sum(correct))
 
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
@@ -179,28 +186,46 @@ def make_predict_step(model_def: ModelDef) -> Callable[[Params, dict[str, jax.Ar
 
 
 class StopRequest:
-    """SIGTERM/SIGINT -> finish the current step, checkpoint, exit 0. A second Ctrl-C exits now."""
+    """SIGTERM/SIGINT -> finish the current step, checkpoint, exit 0. A second Ctrl-C exits now.
 
-    def __init__(self):
+    With several processes the stop step must be the same everywhere (each process saves its
+    part of one collective checkpoint), so a signal is never acted on locally: SIGTERM is left
+    to JAX's preemption notifier (a Python handler would shadow it), which tells every process,
+    and SIGINT is turned into that same notice. `should_stop(step)` must then be called at every
+    step by every process: it answers True on all of them at the same step.
+    """
+
+    def __init__(self, checkpoints: Checkpoints):
         self.signal: str | None = None
+        self._checkpoints = checkpoints
+        self._multi = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        log.warning("%s received: saving a checkpoint at the current step, then stopping "
-                    "(Ctrl-C again to exit at once)", self.signal)
+        log.warning("%s received: saving a checkpoint at the %s step, then stopping "
+                    "(Ctrl-C again to exit at once)", self.signal,
+                    "next common" if self._multi else "current")
+        if self._multi:
+            signal.raise_signal(signal.SIGTERM)  # reaches JAX's notifier: all processes stop
+
+    def should_stop(self, step: int) -> str | None:
+        if self._checkpoints.reached_preemption(step):
+            return self.signal or "preemption"
+        return None if self._multi else self.signal
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
+            for s in ((signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)):
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +320,32 @@ def enable_compilation_cache(directory: str) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def check_workdir(workdir: Path) -> None:
+    """A workdir is a folder or does not exist yet (it and its parents are made when needed)."""
+    for path in (workdir, *workdir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"--workdir {workdir}: {path} is a file, not a folder")
+            return
+
+
+def resumable_step(checkpoints: Checkpoints, config: ml_collections.ConfigDict) -> int | None:
+    """The newest checkpoint whose metadata reads, checked against `config`; damaged newer
+    ones are skipped with a warning (never deleted: the next save at that step replaces them)."""
+    for step in checkpoints.all_steps()[::-1]:
+        try:
+            saved = checkpoints.restore_extra(step)["meta"]["config"]
+        except Exception as e:  # orbax raises many types for damaged files
+            checkpoints.damaged.add(step)
+            log.warning("checkpoint at step %d is incomplete or damaged (%s: %s); trying an "
+                        "older one", step, type(e).__name__, str(e).splitlines()[0][:200]
+                        if str(e) else "")
+            continue
+        check_resumable(saved, config)
+        return step
+    return None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.data`; resumes from `workdir` when it has checkpoints.
 
@@ -302,8 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     validate(config)
     workdir = Path(workdir).expanduser().absolute()
-    if not workdir.parent.is_dir():
-        raise UserError(f"--workdir {workdir}: parent folder {workdir.parent} does not exist")
+    check_workdir(workdir)
     parallel.initialize_distributed(config)
     enable_compilation_cache(config.compilation_cache_dir)
     main = parallel.is_main_process()
@@ -317,16 +367,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # Refuse a resume that cannot work before loading anything, and write nothing until the
     # model and data have loaded (a bad name leaves no half-made workdir behind).
-    resume_step = None
+    resume_step, damaged = None, set()
     if (workdir / "checkpoints").is_dir():
         existing = Checkpoints(workdir / "checkpoints", read_only=True)
-        resume_step = existing.latest_step()
-        if resume_step is not None:
-            check_resumable(existing.restore_extra(resume_step)["meta"]["config"], config)
+        resume_step = resumable_step(existing, config)
+        damaged = existing.damaged
         existing.close()
 
     bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
                                     dtype=config.model.dtype, seed=config.train.seed)
+    check_max_length(config, bundle.config)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
         log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
     data = data_lib.load_data(config.data, bundle.tokenizer)
@@ -347,6 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     checkpoints = Checkpoints(workdir / "checkpoints", keep=config.checkpoint.keep,
                               metric=config.eval.metric, mode=config.eval.metric_mode,
                               async_save=config.checkpoint.async_save)
+    checkpoints.damaged |= damaged
     meta = {
         "config": json.loads(to_json(config)),
         "label_names": label_names,
@@ -357,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     progress = {"best_value": None, "best_step": None, "bad_evals": 0}
     writer = MetricsWriter(workdir, enabled=main)
     if resume_step is not None:
-        step0, state, extra = checkpoints.restore(trainer.abstract_state)
+        step0, state, extra = checkpoints.restore(trainer.abstract_state)  # falls back too
         train_iter.set_state(extra["data"])
         progress = extra["progress"]
         writer.truncate_after(step0)
@@ -399,34 +450,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     batches = data_lib.prefetch(train_iter, 2,
                                 lambda b: data_lib.shard_batch(b, trainer.data_sharding))
     step, last_eval, stop_reason = step0, None, None
-    pending: tuple[int, dict[str, jax.Array]] | None = None
+    # The train step's metrics stay on the device until a log, evaluation or checkpoint step
+    # reads them all at once (no per-step host sync); every state that is saved or evaluated
+    # was checked finite first.
+    unread = FiniteCheck(checkpoints)
     window: list[dict[str, float]] = []
     t_window = time.perf_counter()
     bar = _progress_bar(total_steps, step0, main)
     try:
-        with StopRequest() as stop:
+        with StopRequest(checkpoints) as stop:
             while step < total_steps:
                 batch = next(batches)
                 state, step_metrics = trainer.train_step(state, batch)
                 step += 1
                 data_state = batches.get_state()
-                # Check the previous step's loss while this one runs: no stall of the device.
-                if pending is not None:
-                    window.append(_check_finite(*pending, checkpoints))
-                pending = (step, step_metrics)
+                unread.add(step, step_metrics)
+                eval_now = (config.eval.every_steps > 0 and step % config.eval.every_steps == 0
+                            and step < total_steps)
+                save_now = eval_now or (config.checkpoint.every_steps > 0
+                                        and step % config.checkpoint.every_steps == 0)
+                if step % config.train.log_every_steps == 0 or step == total_steps or save_now:
+                    window += unread.read()
                 if step % config.train.log_every_steps == 0 or step == total_steps:
-                    window.append(_check_finite(*pending, checkpoints))
-                    pending = None
                     _log_window(writer, bar, step, window, time.perf_counter() - t_window)
                     window, t_window = [], time.perf_counter()
                 bar.update(1)
-                eval_now = (config.eval.every_steps > 0 and step % config.eval.every_steps == 0
-                            and step < total_steps)
                 result = run_eval(step) if eval_now else None
                 if result is not None:
                     last_eval = result
-                if result is not None or (config.checkpoint.every_steps > 0
-                                          and step % config.checkpoint.every_steps == 0):
+                if save_now:
                     checkpoints.save(step, state, extra_now(data_state), metrics=result)
                     writer.write(step, {"checkpoint/blocked_seconds":
                                         checkpoints.last_save_seconds})
@@ -435,12 +487,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     stop_reason = (f"early stopping: no {config.eval.metric} improvement in "
                                    f"{patience} evaluations (best at step "
                                    f"{progress['best_step']})")
-                if stop.signal or checkpoints.reached_preemption(step):
-                    stop_reason = stop_reason or f"{stop.signal or 'preemption'} at step {step}"
+                signalled = stop.should_stop(step)
+                if signalled:
+                    stop_reason = stop_reason or f"{signalled} at step {step}"
                 if stop_reason:
                     break
-            if pending is not None:
-                window.append(_check_finite(*pending, checkpoints))
+            window += unread.read()
     finally:
         bar.close()
         batches.close()
@@ -471,17 +523,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return results
 
 
-def _check_finite(step: int, metrics: dict[str, jax.Array], checkpoints: Checkpoints
-                  ) -> dict[str, float]:
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(values["loss"]):
-        checkpoints.wait()
-        last = checkpoints.latest_step()
-        kept = (f"the last good checkpoint (step {last}) is kept in {checkpoints.directory}"
-                if last is not None else "no checkpoint was written yet")
-        raise TrainingDiverged(f"loss became {values['loss']} at step {step} (try a lower "
-                               f"train.learning_rate); {kept}")
-    return values
+def check_max_length(config: ml_collections.ConfigDict, encoder: EncoderConfig) -> None:
+    """Positions past the embedding table give NaN embeddings: refuse before training."""
+    limit = encoder.max_input_length
+    if int(config.data.max_length) > limit:
+        raise UserError(f"config data.max_length={config.data.max_length} is more than "
+                        f"{config.model.name_or_path} takes ({limit} positions); set "
+                        f"--config.data.max_length={limit} or lower")
+
+
+class FiniteCheck:
+    """Train-step metrics not yet read on the host; `read()` fetches them in one transfer and
+    raises `TrainingDiverged` at the first step whose loss, gradient or parameter norm is not
+    finite, naming the newest checkpoint (all of which were checked before they were saved)."""
+
+    KEYS = ("loss", "grad_norm", "param_norm")
+
+    def __init__(self, checkpoints: Checkpoints):
+        self.checkpoints = checkpoints
+        self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self.pending.append((step, metrics))
+
+    def read(self) -> list[dict[str, float]]:
+        fetched = jax.device_get([m for _, m in self.pending])
+        steps = [s for s, _ in self.pending]
+        self.pending = []
+        values = [{k: float(v) for k, v in m.items()} for m in fetched]
+        for step, v in zip(steps, values, strict=True):
+            bad = {k: v[k] for k in self.KEYS if not math.isfinite(v[k])}
+            if bad:
+                self.checkpoints.wait()
+                last = self.checkpoints.latest_step()
+                kept = (f"the last good checkpoint (step {last}) is kept in "
+                        f"{self.checkpoints.directory}" if last is not None
+                        else "no checkpoint was written yet")
+                what = ", ".join(f"{k}={x}" for k, x in bad.items())
+                raise TrainingDiverged(f"training diverged at step {step}: {what} (try a lower "
+                                       f"train.learning_rate); {kept}")
+        return values
 
 
 def _log_window(writer: MetricsWriter, bar, step: int, window: list[dict[str, float]],

@@ -3,12 +3,10 @@
 Running it again with the same workdir resumes from the latest checkpoint.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from flax_sentiment import UserError
+from flax_sentiment import cli
 from flax_sentiment.logging_utils import setup_logging
 
 FLAGS = flags.FLAGS
@@ -23,12 +21,8 @@ def main(argv):
     setup_logging()
     from flax_sentiment.train import train_and_evaluate
 
-    try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, config_flag="config")

@@ -19,7 +19,8 @@ from tests.helpers import REPO, STEPS, assert_same_run, keep_until, run_script, 
 @pytest.fixture(scope="module")
 def eight_devices(run_setup):
     workdir = run_setup["root"] / "eight"
-    train_script(run_setup["config"], workdir, devices=8)
+    result = train_script(run_setup["config"], workdir, devices=8)
+    assert "8 device(s), 1 process(es)" in result.stderr  # not silently one device
     return workdir
 
 
@@ -34,6 +35,7 @@ def test_restore_on_another_device_count(run_setup, reference_run, eight_devices
     workdir = tmp_path / "run"
     keep_until(eight_devices if saved == "eight" else reference_run, workdir, 4)
     result = train_script(run_setup["config"], workdir, devices=devices)
+    assert f"{devices} device(s), 1 process(es)" in result.stderr
     assert re.search(r"resumed from .* at step 4", result.stderr)
     assert_same_run(reference_run, workdir, atol=1e-5)
 
@@ -126,3 +128,63 @@ def test_interrupted_save_is_never_taken_for_complete(reference_run, tmp_path):
     shutil.copytree(workdir / "checkpoints" / str(STEPS), partial)
     shutil.rmtree(partial / "extra")
     assert load_run(workdir).step == STEPS
+
+
+@pytest.mark.parametrize("part", ["state", "extra"])
+def test_training_resumes_past_a_damaged_latest_checkpoint(run_setup, reference_run, tmp_path,
+                                                           part):
+    """The newest checkpoint lost a file (its arrays, or its metadata that resume reads first):
+    training warns, naming the step, resumes from the one before (step 6, an eval step) and
+    ends as if uninterrupted."""
+    workdir = tmp_path / "run"
+    keep_until(reference_run, workdir, 8)
+    damaged = workdir / "checkpoints" / "8" / part
+    victim = (damaged / "metadata" if part == "extra" else
+              next(p for p in sorted(damaged.rglob("*")) if p.is_file()
+                   and p.stat().st_size > 0 and "metadata" not in p.name))
+    victim.unlink()
+    result = train_script(run_setup["config"], workdir)
+    assert "checkpoint at step 8 is incomplete or damaged" in result.stderr
+    assert re.search(r"resumed from .* at step 6", result.stderr)
+    assert_same_run(reference_run, workdir, atol=1e-6)
+
+
+def test_nan_state_is_never_saved_nor_called_good(run_setup, tmp_path, monkeypatch):
+    """Parameters turn NaN at a checkpoint step that is not a logging step (its loss is still
+    finite): that state is not saved, and the checkpoint the message names is finite."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from flax_sentiment import train
+    from flax_sentiment.errors import UserError
+    from tests.helpers import final_params, tiny_config
+
+    nan_step, real = 6, train.make_train_step
+
+    def poisoned(*args, **kwargs):
+        step_fn = real(*args, **kwargs)
+
+        def train_step(state, batch):
+            state, metrics = step_fn(state, batch)
+            bad = state.step == nan_step
+            params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
+            return (state.replace(params=params),
+                    {**metrics, "param_norm": optax.tree.norm(params)})
+
+        return train_step
+
+    monkeypatch.setattr(train, "make_train_step", poisoned)
+    root = run_setup["root"]
+    config = tiny_config(root / "model", root / "sst2", **{
+        "train.log_every_steps": 4, "checkpoint.every_steps": 1, "eval.every_steps": 0,
+        "checkpoint.async_save": False})
+    workdir = tmp_path / "run"
+    with pytest.raises(UserError) as info:
+        train.train_and_evaluate(config, workdir)
+    message = str(info.value)
+    assert f"diverged at step {nan_step}: param_norm=nan" in message, message
+    named = int(re.search(r"last good checkpoint \(step (\d+)\)", message).group(1))
+    assert named == nan_step - 1 and max(_steps(workdir)) == named
+    assert all(np.isfinite(v).all() for v in final_params(workdir, named).values())

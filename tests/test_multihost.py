@@ -101,3 +101,28 @@ def test_a_dead_process_makes_the_other_fail_fast(run_setup, tmp_path):
     assert procs[0].returncode != 0
     assert time.time() - killed_at < heartbeat * 6
     assert re.search(r"heartbeat|coordination|peer|disconnect|unavailable", err, re.I), err[-2000:]
+
+
+def test_sigterm_on_one_process_stops_all_at_the_same_step(run_setup, tmp_path):
+    """A preemption notice reaches one host only: every process still saves the same step
+    (one collective checkpoint), exits 0, and the run resumes from it."""
+    workdir = tmp_path / "run"
+    long = ["--config.train.max_steps=100000", "--config.eval.every_steps=0"]
+    procs = _launch_group(run_setup["config"], workdir, extra=long)
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "4").is_dir():
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    errs = _finish(procs, timeout=300)
+    stopped = [int(re.search(r"checkpoint saved at step (\d+)", e).group(1)) for e in errs]
+    assert stopped[0] == stopped[1] > 4, stopped
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == stopped[0]
+    end = stopped[0] + 4
+    errs = _finish(_launch_group(run_setup["config"], workdir,
+                                 extra=[f"--config.train.max_steps={end}",
+                                        "--config.eval.every_steps=0"]))
+    assert all(f"at step {stopped[0]}" in e and "resumed from" in e for e in errs)
+    assert json.loads((workdir / "eval_results.json").read_text())["step"] == end
