@@ -44,6 +44,8 @@ def test_batch_size_must_divide_over_devices(tmp_path):
                          f"--workdir={tmp_path / 'run'}", "--config.train.batch_size=30"],
                         devices=8)
     assert result.returncode == 2
+    # "(8 devices)" also proves the subprocess saw the 8 virtual devices (on 1 device, 30 would
+    # be valid and the run would train); the run stops before its "N device(s)" log line.
     assert "train.batch_size=30 must be a positive multiple of the device count (8 devices)" \
         in result.stderr
     assert not (tmp_path / "run").exists()

@@ -25,6 +25,7 @@ from flax_sentiment.data import (
     prefetch,
 )
 from flax_sentiment.errors import UserError
+from tests.conftest import need_shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -44,9 +45,27 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def real_data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"real datasets not found at {DATA} (shared/data next to the repo)")
-    return DATA
+    return need_shared_data(DATA)
+
+
+@pytest.mark.parametrize("ci,outcome", [("true", pytest.fail.Exception),
+                                        ("", pytest.skip.Exception),
+                                        (None, pytest.skip.Exception)])
+def test_missing_real_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch, ci, outcome):
+    """What `real_data` and conftest's `shared_data` do when the datasets are not there."""
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    # Caught by hand: a skip escaping a `pytest.raises(Failed)` would skip this test, not fail it.
+    try:
+        need_shared_data(tmp_path / "missing")
+        raised = None
+    except (pytest.fail.Exception, pytest.skip.Exception) as e:
+        raised = e
+    assert type(raised) is outcome, repr(raised)
+    assert f"real datasets not found at {tmp_path / 'missing'}" in str(raised)
+    assert need_shared_data(tmp_path) == tmp_path
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,10 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from flax_sentiment import parallel
 from flax_sentiment.config import base_config
@@ -13,11 +15,12 @@ from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.pretrained import load_pretrained_bundle
 from flax_sentiment.train import (
     Trainer,
+    _weighted_ce_sum,
     decay_mask,
     make_schedule,
     train_and_evaluate,
 )
-from tests.helpers import sst2_subset, tiny_bert, tiny_config
+from tests.helpers import run_script, sst2_subset, tiny_bert, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +42,12 @@ def _batch(rng, batch=16, length=16, vocab=30522):
             "index": np.arange(batch, dtype=np.int32)}
 
 
-def _trainer(model_dir, **train):
+def _trainer(model_dir, num_labels=2, dtype="float32", mesh=None, **train):
     config = base_config()
     for k, v in train.items():
         config.train[k] = v
-    bundle = load_pretrained_bundle(model_dir, num_labels=2)
-    return Trainer(config, bundle.model, 2, 100, parallel.make_mesh()), bundle
+    bundle = load_pretrained_bundle(model_dir, num_labels=num_labels, dtype=dtype)
+    return Trainer(config, bundle.model, num_labels, 100, mesh or parallel.make_mesh()), bundle
 
 
 def _put(trainer, batch):
@@ -52,7 +55,8 @@ def _put(trainer, batch):
 
 
 def test_train_step_moves_every_parameter(tiny):
-    trainer, _ = _trainer(tiny["model"], warmup_ratio=0.0)
+    # No weight decay: decay alone would move every matrix, gradient or not.
+    trainer, _ = _trainer(tiny["model"], warmup_ratio=0.0, weight_decay=0.0)
     state = trainer.initial_state()
     before = jax.device_get(state.params)
     state, metrics = trainer.train_step(state, _put(trainer, _batch(np.random.RandomState(0))))
@@ -78,18 +82,124 @@ def test_gradient_accumulation_matches_one_large_batch(tiny):
     assert params[4][1] == pytest.approx(params[1][1], rel=1e-5)
 
 
-def test_loss_applies_class_weights_and_label_smoothing(tiny):
-    batch = _batch(np.random.RandomState(2))
-    cw, ls = (0.25, 2.0), 0.1
-    trainer, bundle = _trainer(tiny["model_nodrop"], class_weights=cw, label_smoothing=ls)
+ACCUM_TRAIN = {"warmup_ratio": 0.0}
+# Runs in a fresh process with 8 virtual CPU devices (XLA_FLAGS must be set before JAX starts).
+ACCUMULATE_ON_EIGHT = """
+import sys
+
+import jax
+import numpy as np
+
+from tests.test_train import ACCUM_TRAIN, _batch, _put, _trainer
+
+assert jax.device_count() == 8, jax.devices()
+model, out = sys.argv[1:]
+batch, result = _batch(np.random.RandomState(1), batch=32), {}
+for k in (1, 4):
+    trainer, _ = _trainer(model, grad_accum_steps=k, **ACCUM_TRAIN)
+    assert len(trainer.data_sharding.device_set) == 8
     state = trainer.initial_state()
-    logits = np.asarray(bundle.model(batch["input_ids"], batch["attention_mask"]))
-    _, metrics = trainer.train_step(state, _put(trainer, batch))
+    for _ in range(2):
+        state, metrics = trainer.train_step(state, _put(trainer, batch))
+    result.update({f"{k}/{n}": v for n, v in jax.device_get(state.params).items()})
+    result[f"{k}/loss"] = np.asarray(metrics["loss"])
+np.savez(out, **result)
+"""
+
+
+def test_gradient_accumulation_on_eight_devices(tiny, tmp_path):
+    """4 micro-batches of 8 rows, each split over 8 devices (1 row per device), step like one
+    batch of 32 on the same 8 devices, and like that batch on one device."""
+    out = tmp_path / "eight.npz"
+    result = run_script(["-c", ACCUMULATE_ON_EIGHT, str(tiny["model_nodrop"]), str(out)],
+                        devices=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    eight = np.load(out)
+    one_device = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+    trainer, _ = _trainer(tiny["model_nodrop"], mesh=one_device, **ACCUM_TRAIN)
+    state, batch = trainer.initial_state(), _batch(np.random.RandomState(1), batch=32)
+    for _ in range(2):
+        state, metrics = trainer.train_step(state, _put(trainer, batch))
+    single = jax.device_get(state.params)
+    for name in single:
+        np.testing.assert_allclose(eight[f"4/{name}"], eight[f"1/{name}"], atol=1e-6, rtol=0,
+                                   err_msg=name)
+        np.testing.assert_allclose(eight[f"1/{name}"], single[name], atol=1e-6, rtol=0,
+                                   err_msg=name)
+    assert float(eight["4/loss"]) == pytest.approx(float(eight["1/loss"]), rel=1e-5)
+    assert float(eight["1/loss"]) == pytest.approx(float(metrics["loss"]), rel=1e-5)
+
+
+def test_loss_is_torch_cross_entropy_with_class_weights_and_label_smoothing(tiny):
+    """The train step's loss is torch.nn.CrossEntropyLoss(weight=cw, label_smoothing=ls) of the
+    real (weight 1) rows, computed by torch itself."""
+    import torch
+
+    rng = np.random.RandomState(2)
+    batch = _batch(rng)
+    batch["labels"] = np.array([0, 1, 2, 2, 2, 1, 2, 2, 0, 2, 2, 1, 2, 0, 1, 0], np.int32)
+    # Three classes, uneven weights and labels: a formula that weights the whole smoothed row
+    # by w[y] (what this step computed before) is off by 0.6% here, 600x the tolerance.
+    cw, ls = (0.25, 2.0, 1.0), 0.2
+    trainer, bundle = _trainer(tiny["model_nodrop"], num_labels=3, class_weights=cw,
+                               label_smoothing=ls)
+    logits = np.asarray(bundle.model(batch["input_ids"], batch["attention_mask"],
+                                     batch["token_type_ids"]), np.float64)
+    _, metrics = trainer.train_step(trainer.initial_state(), _put(trainer, batch))
+    valid = batch["weights"] > 0
+    expected = torch.nn.functional.cross_entropy(
+        torch.tensor(logits[valid]), torch.tensor(batch["labels"][valid], dtype=torch.long),
+        weight=torch.tensor(cw, dtype=torch.float64), label_smoothing=ls).item()
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+
+    # The test can tell the two definitions apart: the old one misses by far more than 1e-5.
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    target = np.eye(2)[batch["labels"]] * (1 - ls) + ls / 2
-    ce = -(target * logp).sum(-1)
+    target = np.eye(3)[batch["labels"]] * (1 - ls) + ls / 3
     w = batch["weights"] * np.asarray(cw)[batch["labels"]]
-    assert float(metrics["loss"]) == pytest.approx((w * ce).sum() / w.sum(), rel=1e-5)
+    old = (w * -(target * logp).sum(-1)).sum() / w.sum()
+    assert abs(old - expected) > 100 * 1e-5 * expected, (old, expected)
+
+
+def _global_rel(a, b):
+    """|a - b| / |b| over all parameters together."""
+    return float(np.sqrt(sum(np.sum((a[k] - b[k]) ** 2) for k in b) /
+                         sum(np.sum(b[k] ** 2) for k in b)))
+
+
+def test_bfloat16_trains_like_float32(tiny):
+    """model.dtype="bfloat16" (bf16 compute, f32 parameters and Adam) keeps losses and gradients
+    finite, fully padded rows included, and follows the float32 run within bf16 rounding."""
+    batch = _batch(np.random.RandomState(4))
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        batch[key][-3:] = 0  # the 3 weight-0 rows are dummies: not one token attended
+
+    def run(trainer, batch, steps=3):
+        state = trainer.initial_state()
+        before, losses = jax.device_get(state.params), []
+        for _ in range(steps):
+            state, metrics = trainer.train_step(state, _put(trainer, batch))
+            losses.append(float(metrics["loss"]))
+            assert np.isfinite(losses[-1]) and np.isfinite(float(metrics["grad_norm"]))
+        after = jax.device_get(state.params)
+        assert all(np.isfinite(v).all() for v in after.values())
+        return np.array(losses), {k: after[k] - before[k] for k in before}
+
+    trainers = {dtype: _trainer(tiny["model_nodrop"], dtype=dtype, warmup_ratio=0.0,
+                                learning_rate=1e-3)[0] for dtype in ("float32", "bfloat16")}
+    (loss32, delta32), (loss16, delta16) = (run(trainers[d], batch) for d in trainers)
+    # bfloat16 keeps 8 significant bits: each rounding is off by up to u = 2^-8 (0.4%). The loss
+    # is computed in float32 from bf16 logits: a relative loss error of u is generous (measured
+    # 3e-6; this check is for gross errors). Parameter deltas are the sharp check: Adam divides
+    # each gradient by its own RMS, so elements whose gradient is within bf16 noise of zero get
+    # updates of random sign; that, more than the ~1% gradient error, sets the difference.
+    # Measured 0.026 of |delta| over all parameters; bound 16u = 0.0625. A bf16 run with a 10%
+    # higher learning rate is off by 0.097, a float32 run on another batch by 1.7.
+    u = 2.0 ** -8
+    np.testing.assert_allclose(loss16, loss32, rtol=u)
+    assert 1e-3 < _global_rel(delta16, delta32) < 16 * u  # > 1e-3: bf16 really was used
+    # The bound sees a wrong run: float32 itself on another batch falls far outside it.
+    other = _batch(np.random.RandomState(5))
+    assert _global_rel(run(trainers["float32"], other)[1], delta32) > 16 * u
 
 
 def test_optimizer_mask_and_schedule(tiny):
@@ -140,7 +250,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
                                                          "train.learning_rate": 1e30,
                                                          "eval.every_steps": 0,
                                                          "checkpoint.every_steps": 1})
-    with pytest.raises(UserError, match=r"loss became nan at step \d+.*last good checkpoint"):
+    with pytest.raises(UserError, match=r"diverged at step \d+: .*last good checkpoint"):
         train_and_evaluate(config, workdir)
     assert not (workdir / "eval_results.json").exists()
 
@@ -156,9 +266,12 @@ def test_bad_config_values(tiny, tmp_path, key, value, message):
         train_and_evaluate(config, tmp_path / "run")
 
 
-def test_missing_workdir_parent(tiny, tmp_path):
-    with pytest.raises(UserError, match="parent folder .* does not exist"):
-        train_and_evaluate(tiny_config(tiny["model"], tiny["data"]), tmp_path / "no" / "run")
+def test_missing_workdir_parents_are_made(tiny, tmp_path):
+    """As every trainer does (the README's `--workdir runs/quickstart` on a fresh clone)."""
+    workdir = tmp_path / "no" / "such" / "run"
+    train_and_evaluate(tiny_config(tiny["model"], tiny["data"], **{"train.max_steps": 2}),
+                       workdir)
+    assert (workdir / "eval_results.json").is_file()
 
 
 def test_early_stopping_ends_the_run_and_reports_the_best_step(tiny, tmp_path, caplog):
@@ -193,6 +306,19 @@ def test_best_checkpoint_is_kept_and_loadable(tiny, tmp_path):
     assert load_run(tmp_path / "run", "best").step == best
 
 
+def _loss_and_grads(trainer, params, batch):
+    """Mean loss and its gradient (the train step's, before the optimizer) on one batch."""
+    def loss(p):
+        total, (weight, _) = _weighted_ce_sum(
+            trainer.model_def, p, batch, jax.random.key_data(jax.random.key(0)),
+            num_labels=trainer.num_labels, label_smoothing=0.0,
+            class_weights=jnp.ones(trainer.num_labels))
+        return total / weight
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    return float(value), jax.device_get(grads)
+
+
 def test_bucket_padding_changes_nothing_but_cost(tiny):
     """The same examples padded to 16 or to 128 tokens give the same loss and gradients: the
     bucketed pipeline trains the model fixed-length padding trains, with less work."""
@@ -207,12 +333,16 @@ def test_bucket_padding_changes_nothing_but_cost(tiny):
     np.testing.assert_array_equal(eval_counts[0]["confusion"], eval_counts[1]["confusion"])
     assert float(eval_counts[0]["loss_sum"]) == pytest.approx(float(eval_counts[1]["loss_sum"]),
                                                               rel=1e-6)
-    params = []
-    for b in (short, long):
-        trainer_b, _ = _trainer(tiny["model_nodrop"], warmup_ratio=0.0)
-        s, metrics = trainer_b.train_step(trainer_b.initial_state(), _put(trainer_b, b))
-        params.append((jax.device_get(s.params), float(metrics["loss"])))
-    assert params[0][1] == pytest.approx(params[1][1], rel=1e-6)
-    for name in params[0][0]:
-        np.testing.assert_allclose(params[1][0][name], params[0][0][name], atol=1e-6,
-                                   err_msg=name)
+    # Gradients, not one Adam step: Adam's first step is ~lr * sign(grad), blind to their size.
+    (loss_s, grads_s), (loss_l, grads_l) = (_loss_and_grads(trainer, state.params, b)
+                                            for b in (short, long))
+    assert loss_l == pytest.approx(loss_s, rel=1e-6)
+    total = np.sqrt(sum(np.sum(g ** 2) for g in grads_s.values()))
+    for name in grads_s:
+        error, scale = np.linalg.norm(grads_l[name] - grads_s[name]), np.linalg.norm(grads_s[name])
+        if name.endswith("attention.key.bias"):
+            # Exactly 0 in exact arithmetic (softmax ignores a shift shared by all keys): what is
+            # computed is rounding noise, ~1e-13 here, with no relative error to speak of.
+            assert max(scale, np.linalg.norm(grads_l[name])) < 1e-9 * total, name
+            continue
+        assert error <= 1e-5 * scale, (name, error / scale)
