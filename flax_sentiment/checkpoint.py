@@ -96,6 +96,26 @@ class Checkpoints:
         restores onto 1 and the reverse. A damaged newest checkpoint (a file lost, a save cut
         short) is skipped with a warning, never deleted.
         """
+        s, restored = self._restore(step, ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
+        return s, restored["state"], restored["extra"]
+
+    def restore_params(self, abstract_params: dict[str, jax.ShapeDtypeStruct],
+                       sharding: jax.sharding.Sharding, step: int | None = None
+                       ) -> tuple[int, dict[str, jax.Array], dict[str, Any]]:
+        """(step, params, extra) with the parameters alone read from disk (orbax partial
+        restore): evaluation, prediction and export need no optimizer state. Falls back past
+        damaged checkpoints as `restore` does."""
+        s, restored = self._restore(step, ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={"params": abstract_params},
+                restore_args={"params": {k: ocp.ArrayRestoreArgs(sharding=sharding)
+                                         for k in abstract_params}},
+                partial_restore=True),
+            extra=ocp.args.JsonRestore()))
+        return s, restored["state"]["params"], restored["extra"]
+
+    def _restore(self, step: int | None, args: Any) -> tuple[int, Any]:
         candidates = ([step] if step is not None
                       else [s for s in self.all_steps()[::-1] if s not in self.damaged])
         if not candidates:
@@ -106,9 +126,7 @@ class Checkpoints:
                 raise UserError(f"{self.directory}: no checkpoint at step {s} "
                                 f"(have {self.all_steps()})")
             try:
-                restored = self.manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    extra=ocp.args.JsonRestore()))
+                restored = self.manager.restore(s, args=args)
             except Exception as e:  # orbax raises many types for damaged files
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 errors.append(f"step {s}: {reason}")
@@ -120,8 +138,9 @@ class Checkpoints:
                             "older one", s, reason[:200])
                 continue
             if errors:
-                log.warning("resuming from step %d instead of the damaged newer checkpoint(s)", s)
-            return s, restored["state"], restored["extra"]
+                log.warning("using the checkpoint at step %d instead of the damaged newer "
+                            "one(s)", s)
+            return s, restored
         raise UserError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
 
     def reached_preemption(self, step: int) -> bool:
@@ -133,9 +152,3 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs that tell orbax where each restored array must live."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        tree, shardings)

@@ -1,16 +1,25 @@
-"""What every script shares: absl flags, and bad input as one `error:` line with exit status 2.
+"""What every script shares: absl flags (with ml_collections' `config_flags`), console logging,
+and bad input as one `error:` line with exit status 2 instead of a traceback.
 
-Scripts stay thin: they define their flags and a `main(argv)`, and hand it to `run`.
+Scripts stay thin: they define their flags and a `main(argv)`, and hand it to `run`. Evaluate,
+export and predict learn the config from `--workdir/config.json` first (`define_run_config`), so
+their `--config.data.*` / `--config.eval.*` overrides parse against the run's own keys and types.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from absl import app
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
+from flax_sentiment.config import changed_keys
 from flax_sentiment.errors import UserError
 
 
@@ -19,26 +28,60 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def config_file_arg(argv: list[str], flag: str = "config") -> str | None:
-    """The file part of `--config=FILE[:ARG]` / `--config FILE` in argv, if given."""
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name=VALUE` / `--name VALUE` in argv, before flags are parsed."""
     for i, arg in enumerate(argv):
-        if arg.startswith(f"--{flag}="):
-            value = arg.split("=", 1)[1]
-        elif arg == f"--{flag}" and i + 1 < len(argv):
-            value = argv[i + 1]
-        else:
-            continue
-        return value.split(":", 1)[0]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
     return None
 
 
+def define_run_config(argv: list[str]) -> ml_collections.ConfigDict | None:
+    """Phase one of parsing for scripts that read a training workdir: the run's saved config
+    becomes the `--config` flag. Returns the saved config, to compare the parsed one with
+    (`run_overrides`), or None when there is no workdir config (then `--config.*` is refused)."""
+    from flax_sentiment.workdir import Workdir
+
+    workdir = flag_value(argv, "workdir")
+    try:
+        saved = Workdir(workdir).read_config() if workdir else None
+    except UserError as e:
+        fail(str(e))
+    if saved is None:
+        bad = next((a for a in argv if a.startswith("--config.")), None)
+        if bad is not None:
+            fail(f"{bad.split('=')[0]}: config overrides need --workdir of a training run "
+                 f"(with a config.json)")
+        return None
+    config_flags.DEFINE_config_dict("config", copy.deepcopy(saved),
+                                    "the run's config (from --workdir): override data.* or "
+                                    "eval.* keys", lock_config=True)
+    return saved
+
+
+def run_overrides(saved: ml_collections.ConfigDict | None) -> dict[str, Any]:
+    """Phase two: {'data.KEY': value, ...} for every `--config.*` value that differs."""
+    if saved is None:
+        return {}
+    return changed_keys(saved, flags.FLAGS.config)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+
+
 def run(main: Callable[[list[str]], None], *, config_flag: str | None = None) -> None:
-    """absl's `app.run(main)`, with a missing or unloadable config file and any `UserError`
-    reported as one line (exit 2) instead of a traceback."""
+    """absl's `app.run(main)`, with a bad flag, a missing or unloadable config file and any
+    `UserError` reported as one line (exit 2) instead of a traceback."""
     if config_flag is not None:
-        path = config_file_arg(sys.argv[1:], config_flag)
-        if path is not None and not Path(path).is_file():
-            fail(f"--{config_flag} {path}: no such file")
+        path = flag_value(sys.argv[1:], config_flag)
+        if path is not None and not Path(path.split(":", 1)[0]).is_file():
+            fail(f"--{config_flag} {path.split(':', 1)[0]}: no such file")
 
     def guarded(argv: list[str]) -> None:
         try:
@@ -47,7 +90,7 @@ def run(main: Callable[[list[str]], None], *, config_flag: str | None = None) ->
             fail(str(e))
 
     try:
-        app.run(guarded)
+        app.run(guarded, flags_parser=_parse_flags)
     except SyntaxError as e:  # a config file is Python: say where, without a traceback
         fail(f"--{config_flag} {e.filename}, line {e.lineno}: {e.msg}")
     except OSError as e:  # config_flags defers a config file's load error to first use
@@ -56,3 +99,13 @@ def run(main: Callable[[list[str]], None], *, config_flag: str | None = None) ->
         cause = e.__cause__ or e
         detail = str(cause).strip().splitlines()
         fail(f"--{config_flag}: could not load the config file ({detail[-1] if detail else e})")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Console logging for scripts: our messages, not the libraries' chatter."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("jax._src", "orbax", "datasets", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # orbax logs through absl, e.g. a notice for every read-only checkpoint manager.
+    logging.getLogger("absl").setLevel(logging.ERROR)

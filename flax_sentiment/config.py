@@ -7,12 +7,46 @@ here with its default, so a typo on the command line (`--config.train.learnin_ra
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from flax_sentiment.data import default_data_config
+from flax_sentiment.batching import DEFAULT_BUCKETS
 from flax_sentiment.errors import UserError
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `data` section every config starts from (SST-2 style defaults)."""
+    c = ml_collections.ConfigDict()
+    c.name_or_path = ""  # hub id ('glue/sst2', 'owner/name'), file, folder or pip:PKG/sub/file
+    c.subset = ""  # hub config name, e.g. 'sentiment' for cardiffnlp/tweet_eval
+    c.text_column = "sentence"
+    c.text_pair_column = ""  # '' = single-text classification
+    c.label_column = "label"
+    c.label_names = ("negative", "positive")  # tuples: overridable on the command line
+    c.label_map = {}  # raw label (int or str) -> label name, merges classes (SST-5 -> 3)
+    c.train_split = "train"
+    c.eval_split = "validation"  # '' = no evaluation split
+    c.validation_size = 0.0  # fraction (<1) or count (>=1) carved from train if eval split missing
+    c.max_length = 128
+    c.truncation = "head"  # 'head' | 'tail' | 'head_tail'
+    c.head_tokens = 64  # head_tail: tokens kept from the start, the rest from the end
+    c.buckets = tuple(DEFAULT_BUCKETS)
+    c.encoding = "utf-8"
+    c.seed = 0
+    c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)
+    return c
+
+
+def option(config: Any, key: str, default: Any = None) -> Any:
+    """`config.key`, or `default` when it is missing or None: configs saved in checkpoints by
+    earlier versions lack the keys added since."""
+    try:
+        value = config.get(key, default) if hasattr(config, "get") else getattr(config, key)
+    except AttributeError:
+        return default
+    return default if value is None else value
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -124,3 +158,73 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+# What evaluating, predicting or exporting a run may change in its config: the data to read and
+# how to batch it. Never the model, the labels it learned or the tokens it sees.
+INFERENCE_SECTIONS = ("data", "eval")
+FIXED_DATA_KEYS = {"label_names": "the labels", "max_length": "the tokenization",
+                   "truncation": "the tokenization", "head_tokens": "the tokenization",
+                   "text_pair_column": "the model's inputs"}
+
+
+def from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A config read back from JSON, with its lists as tuples again (as configs write them:
+    ml_collections overrides tuples, not lists, from the command line)."""
+
+    def tuples(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {k: tuples(v) for k, v in x.items()}
+        return tuple(tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+    return ml_collections.ConfigDict(tuples(dict(values)))
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+                   ) -> ml_collections.ConfigDict:
+    """A copy of a run's `config` with `overrides` ({'data.name_or_path': ..., ...}) applied;
+    refuses, naming the key, any that would change the model, its labels or its tokenization."""
+    out = from_dict(config.to_dict())
+    for key, value in overrides.items():
+        section, _, name = str(key).partition(".")
+        if section not in INFERENCE_SECTIONS or not name:
+            raise UserError(f"--config.{key}: only data.* and eval.* settings can be changed "
+                            "here (anything else would change the trained model)")
+        name = name.split(".")[0]
+        current = out[section].get(name) if section in out else None
+        plain = current.to_dict() if hasattr(current, "to_dict") else current
+        if json.dumps(plain, default=list) == json.dumps(value, default=list):
+            continue  # the run's own value: nothing changes
+        if section == "data" and name in FIXED_DATA_KEYS:
+            raise UserError(f"--config.{key}: would change {FIXED_DATA_KEYS[name]} the model "
+                            f"was trained with ({config[section][name]!r})")
+        if name not in out[section]:
+            raise UserError(f"--config.{key}: no such config key (known {section} keys: "
+                            f"{', '.join(sorted(out[section].keys()))})")
+        if isinstance(value, Mapping) and not hasattr(value, "to_dict"):
+            value = ml_collections.ConfigDict(dict(value))
+        elif isinstance(value, list):
+            value = tuple(value)
+        try:
+            out[section][name] = value
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--config.{key}={value!r}: {e}") from None
+    return out
+
+
+def changed_keys(before: ml_collections.ConfigDict, after: ml_collections.ConfigDict
+                 ) -> dict[str, Any]:
+    """{'section.key': new value} for every top-level key of a section that differs."""
+    changed = {}
+    for section, values in after.items():
+        if not hasattr(values, "items"):
+            if before.get(section) != values:
+                changed[section] = values
+            continue
+        for name, value in values.items():
+            old = before[section].get(name) if section in before else None
+            plain = value.to_dict() if hasattr(value, "to_dict") else value
+            old = old.to_dict() if hasattr(old, "to_dict") else old
+            if json.dumps(plain, default=list) != json.dumps(old, default=list):
+                changed[f"{section}.{name}"] = value
+    return changed

@@ -1,9 +1,8 @@
-"""Dataset -> label ids -> cached tokens -> length buckets -> global batches on the mesh.
+"""Rows -> label ids -> cached tokens -> tokenized splits (and a carved validation split).
 
 Every process runs the same deterministic plan (same files, same tokens, same seed), so the
-batch order is identical everywhere without communication; each process then materializes only
-its rows of each global batch. Batching, iterator state, prefetch and device placement live in
-`flax_sentiment.batching` and are re-exported here.
+batch order `batching` derives from these splits is identical everywhere without
+communication. Reading files and the hub is `loading`'s job.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,64 +18,15 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from flax_sentiment import sources
-from flax_sentiment.batching import (  # noqa: F401  (re-exported: one import for the trainer)
-    EvalBatches,
-    Prefetcher,
-    TrainIterator,
-    make_buckets,
-    padding_efficiency,
-    prefetch,
-    shard_batch,
-)
+from flax_sentiment.batching import DEFAULT_BUCKETS, make_buckets
+from flax_sentiment.config import option
 from flax_sentiment.errors import UserError
+from flax_sentiment.loading import SplitLoader
 
 log = logging.getLogger(__name__)
 
-# Extension -> (datasets builder, builder kwargs).
-FILE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t"}),
-    ".jsonl": ("json", {}),
-    ".json": ("json", {}),
-    ".parquet": ("parquet", {}),
-}
-# Fine steps at the short end: SST-2/tweets are mostly < 32 tokens, where coarse buckets waste most.
-DEFAULT_BUCKETS = (6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 TRUNCATIONS = ("head", "tail", "head_tail")
 _CACHE_VERSION = "1"
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The `data` section every config starts from (SST-2 style defaults)."""
-    c = ml_collections.ConfigDict()
-    c.name_or_path = ""  # hub id ('glue/sst2', 'owner/name'), file, folder or pip:PKG/sub/file
-    c.subset = ""  # hub config name, e.g. 'sentiment' for cardiffnlp/tweet_eval
-    c.text_column = "sentence"
-    c.text_pair_column = ""  # '' = single-text classification
-    c.label_column = "label"
-    c.label_names = ("negative", "positive")  # tuples: overridable on the command line
-    c.label_map = {}  # raw label (int or str) -> label name, merges classes (SST-5 -> 3)
-    c.train_split = "train"
-    c.eval_split = "validation"  # '' = no evaluation split
-    c.validation_size = 0.0  # fraction (<1) or count (>=1) carved from train if eval split missing
-    c.max_length = 128
-    c.truncation = "head"  # 'head' | 'tail' | 'head_tail'
-    c.head_tokens = 64  # head_tail: tokens kept from the start, the rest from the end
-    c.buckets = tuple(DEFAULT_BUCKETS)
-    c.encoding = "utf-8"
-    c.seed = 0
-    c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)
-    return c
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    """Config value or default: trainer configs may not carry every optional key."""
-    try:
-        value = config.get(key, default) if hasattr(config, "get") else getattr(config, key)
-    except AttributeError:
-        return default
-    return default if value is None else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,6 +66,26 @@ class TokenizedSplit:
     def tokens(self, i: int) -> np.ndarray:
         return self.input_ids[self.starts[i]: self.starts[i] + self.lengths[i]]
 
+    @classmethod
+    def from_encodings(cls, name: str, encodings: Mapping[str, Sequence[Sequence[int]]],
+                       texts: Sequence[str], label_names: Sequence[str],
+                       labels: np.ndarray | None = None) -> TokenizedSplit:
+        """A split from a tokenizer's per-text id lists (labels 0 when there are none)."""
+        ids = encodings["input_ids"]
+        lengths = np.asarray([len(x) for x in ids], np.int32)
+        starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]]).astype(np.int64)
+        flat = np.fromiter((t for x in ids for t in x), np.int32, int(lengths.sum()))
+        types = encodings.get("token_type_ids")
+        if types is not None:
+            types = np.fromiter((t for x in types for t in x), np.int8, int(lengths.sum()))
+        n = len(ids)
+        return cls(name=name, input_ids=flat, token_type_ids=types, starts=starts,
+                   lengths=lengths,
+                   labels=np.zeros(n, np.int32) if labels is None else np.asarray(labels,
+                                                                                  np.int32),
+                   rows=np.arange(n, dtype=np.int64), texts=list(texts),
+                   label_names=tuple(str(n) for n in label_names))
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.label_names))
         return {n: int(c) for n, c in zip(self.label_names, counts, strict=True)}
@@ -140,18 +109,18 @@ def load_data(config: ml_collections.ConfigDict, tokenizer: Any) -> Data:
     all examples are needed anyway to plan identical batches everywhere.
     """
     _check_config(config)
-    loader = _Loader(config)
+    loader = SplitLoader(config)
     train_name = str(config.train_split)
-    eval_name = str(_get(config, "eval_split", ""))
-    train = loader.tokenized(train_name, tokenizer)
+    eval_name = str(option(config, "eval_split", ""))
+    train = _tokenized(loader, train_name, tokenizer)
     evaluation = None
     if eval_name:
         if eval_name in loader.splits() and eval_name != train_name:
-            evaluation = loader.tokenized(eval_name, tokenizer)
+            evaluation = _tokenized(loader, eval_name, tokenizer)
         else:
             train, evaluation = _carve(train, config, eval_name, loader)
     return Data(train=train, eval=evaluation, label_names=tuple(config.label_names),
-                buckets=tuple(make_buckets(_get(config, "buckets", DEFAULT_BUCKETS),
+                buckets=tuple(make_buckets(option(config, "buckets", DEFAULT_BUCKETS),
                                            int(config.max_length))),
                 pad_id=pad_token_id(tokenizer))
 
@@ -159,11 +128,11 @@ def load_data(config: ml_collections.ConfigDict, tokenizer: Any) -> Data:
 def load_split(config: ml_collections.ConfigDict, tokenizer: Any, split: str) -> TokenizedSplit:
     """One split, tokenized; the carved validation set when `split` is the missing eval split."""
     _check_config(config)
-    loader = _Loader(config)
+    loader = SplitLoader(config)
     if split in loader.splits():
-        return loader.tokenized(split, tokenizer)
-    if split == _get(config, "eval_split", "") and split != config.train_split:
-        return _carve(loader.tokenized(str(config.train_split), tokenizer), config, split,
+        return _tokenized(loader, split, tokenizer)
+    if split == option(config, "eval_split", "") and split != config.train_split:
+        return _carve(_tokenized(loader, str(config.train_split), tokenizer), config, split,
                       loader)[1]
     raise loader.missing_split(split)
 
@@ -176,206 +145,21 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def _check_config(config: Any) -> None:
-    names = list(_get(config, "label_names", []))
+    names = list(option(config, "label_names", []))
     if not names:
         raise UserError("data.label_names is empty: list the class names in label-id order")
     if len({str(n).lower() for n in names}) != len(names):
         raise UserError(f"data.label_names has duplicates: {names}")
-    truncation = _get(config, "truncation", "head")
+    truncation = option(config, "truncation", "head")
     if truncation not in TRUNCATIONS:
         raise UserError(f"data.truncation={truncation!r}: expected one of {TRUNCATIONS}")
-    if truncation == "head_tail" and _get(config, "text_pair_column", ""):
+    if truncation == "head_tail" and option(config, "text_pair_column", ""):
         raise UserError("data.truncation='head_tail' cuts the middle of one text; it cannot be "
                         "combined with data.text_pair_column (use 'head' or 'tail')")
-    if int(_get(config, "max_length", 0)) < 4:
-        raise UserError(f"data.max_length={_get(config, 'max_length', 0)}: must be at least 4")
-    if not _get(config, "name_or_path", ""):
+    if int(option(config, "max_length", 0)) < 4:
+        raise UserError(f"data.max_length={option(config, 'max_length', 0)}: must be at least 4")
+    if not option(config, "name_or_path", ""):
         raise UserError("data.name_or_path is empty: give a hub id, a file or a folder")
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def _resolve_local(name: str) -> Path | None:
-    """A local file/folder for `name`, or None when it should be a hub id.
-
-    `pip:PKG/sub/path` is found without importing PKG (some data packages fail to import).
-    """
-    if name.startswith(sources.PIP_PREFIX):
-        return sources.resolve_pip(name, folder=False)
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    if name.startswith((".", "/", "~")) or name.count("/") > 2:
-        raise UserError(f"data.name_or_path={name!r}: no such file or folder")
-    return None
-
-
-class _Loader:
-    """Finds the splits of a file, folder or hub dataset and loads them with `datasets`."""
-
-    def __init__(self, config: Any):
-        self.config = config
-        self.name = str(config.name_or_path)
-        self.encoding = str(_get(config, "encoding", "utf-8")) or "utf-8"
-        self.cache_dir = str(_get(config, "cache_dir", "")) or None
-        self.local = _resolve_local(self.name)
-        self._hub: Any = None  # datasets.DatasetDict, loaded on first use
-        self._raw: dict[str, Any] = {}
-
-    def splits(self) -> dict[str, Any]:
-        """Split name -> file (local) or Dataset (hub)."""
-        if self.local is None:
-            return dict(self._hub_splits())
-        if self.local.is_file():
-            return {str(self.config.train_split): self.local}
-        files = {}
-        for f in sorted(self.local.iterdir()):
-            if f.suffix.lower() in FILE_FORMATS and f.is_file():
-                files.setdefault(f.stem, f)
-        if not files:
-            raise UserError(f"{self.local}: no data files (expected split files such as "
-                            f"train.tsv, validation.csv; formats {sorted(FILE_FORMATS)})")
-        return files
-
-    def missing_split(self, split: str) -> UserError:
-        where = self.local if self.local is not None else self.name
-        return UserError(f"{where}: no split {split!r}; splits found: {sorted(self.splits())}"
-                         + ("" if self.local is None or self.local.is_dir() else
-                            " (a single file is the train split; set data.validation_size "
-                            "to carve an evaluation split from it)"))
-
-    def _hub_splits(self) -> Any:
-        if self._hub is None:
-            import datasets
-
-            subset = str(_get(self.config, "subset", "")) or None
-            attempts = [(self.name, subset)]
-            parts = self.name.split("/")
-            if subset is None and len(parts) == 3:
-                attempts = [("/".join(parts[:2]), parts[2])]
-            elif subset is None and len(parts) == 2:
-                attempts.append((parts[0], parts[1]))  # 'glue/sst2': dataset glue, subset sst2
-            errors = []
-            for repo, sub in attempts:
-                try:
-                    self._hub = datasets.load_dataset(repo, sub, cache_dir=self.cache_dir)
-                    break
-                except Exception as e:  # offline, missing repo, bad subset: all the user's to fix
-                    errors.append(f"load_dataset({repo!r}, {sub!r}): {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}")
-            else:
-                offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0", "false")
-                raise UserError(
-                    f"data.name_or_path={self.name!r} is not a local file or folder and could not "
-                    f"be loaded from the Hugging Face hub"
-                    + (" (HF_DATASETS_OFFLINE is set and it is not in the local cache)"
-                       if offline else "") + ": " + "; ".join(errors))
-        return self._hub
-
-    def where(self, split: str) -> str:
-        source = self.splits().get(split)
-        return str(source) if isinstance(source, Path) else f"{self.name} [{split}]"
-
-    def raw(self, split: str) -> Any:
-        """The split as a `datasets.Dataset` with its columns checked."""
-        if split in self._raw:
-            return self._raw[split]
-        splits = self.splits()
-        if split not in splits:
-            raise self.missing_split(split)
-        source = splits[split]
-        ds = self._load_file(source) if isinstance(source, Path) else source
-        columns = [self.config.text_column, self.config.label_column]
-        if _get(self.config, "text_pair_column", ""):
-            columns.append(self.config.text_pair_column)
-        for key, col in zip(("text_column", "label_column", "text_pair_column"), columns,
-                            strict=False):
-            if col not in ds.column_names:
-                raise UserError(f"{self.where(split)}: no column {col!r} (data.{key}); columns "
-                                f"found: {ds.column_names}")
-        if len(ds) == 0:
-            raise UserError(f"{self.where(split)}: split {split!r} is empty (no rows)")
-        self._raw[split] = ds
-        return ds
-
-    def _load_file(self, path: Path) -> Any:
-        import datasets
-
-        builder, kwargs = FILE_FORMATS.get(path.suffix.lower(), (None, {}))
-        if builder is None:
-            raise UserError(f"{path}: unsupported file type {path.suffix!r}; "
-                            f"expected one of {sorted(FILE_FORMATS)}")
-        kwargs = dict(kwargs)
-        if builder == "csv":
-            # Read every column as text (no per-chunk type guessing, 'NA'/'null' stay texts);
-            # labels are parsed later, where a bad one can be named.
-            columns = self._csv_header(path, kwargs.get("delimiter", ","))
-            kwargs.update(encoding=self.encoding, keep_default_na=False,
-                          features=datasets.Features({c: datasets.Value("string")
-                                                      for c in columns}))
-        elif builder == "json" and self.encoding.replace("-", "").lower() not in ("utf8",):
-            kwargs["encoding"] = self.encoding
-        try:
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train",
-                                       cache_dir=self.cache_dir, **kwargs)
-        except UserError:
-            raise
-        except Exception as e:
-            raise self._read_error(path, e) from None
-        return ds
-
-    def _csv_header(self, path: Path, delimiter: str) -> list[str]:
-        import pandas as pd
-
-        try:
-            header = pd.read_csv(path, sep=delimiter, nrows=0, encoding=self.encoding)
-        except Exception as e:
-            raise self._read_error(path, e) from None
-        if len(set(header.columns)) != len(header.columns):
-            raise UserError(f"{path}: duplicate column names in header {list(header.columns)}")
-        return [str(c) for c in header.columns]
-
-    def _read_error(self, path: Path, error: BaseException) -> UserError:
-        chain, e = [], error
-        while e is not None and len(chain) < 10:
-            chain.append(e)
-            e = e.__cause__ or e.__context__
-        for e in chain:
-            if isinstance(e, UnicodeDecodeError):
-                line = _undecodable_line(path, self.encoding)
-                return UserError(
-                    f"{path}: not valid {self.encoding} text"
-                    + (f" (line {line})" if line else "") + f": {e.reason} "
-                    f"(byte {e.object[e.start:e.start + 1]!r}). Set data.encoding to the file's "
-                    f"encoding, e.g. 'latin-1' or 'cp1252'.")
-        for e in chain:
-            text = str(e)
-            if "Error tokenizing data" in text or type(e).__name__ == "ParserError":
-                return UserError(f"{path}: malformed rows: {text.strip()} (every row needs as "
-                                 f"many fields as the header; quote fields containing the "
-                                 f"delimiter)")
-            if type(e).__name__ == "EmptyDataError":
-                return UserError(f"{path}: file is empty (no header, no rows)")
-        first = chain[-1]
-        return UserError(f"{path}: could not be read: {type(first).__name__}: "
-                         f"{str(first).splitlines()[0] if str(first) else ''}")
-
-    def tokenized(self, split: str, tokenizer: Any) -> TokenizedSplit:
-        return _tokenize_split(self.raw(split), self.config, tokenizer, self.where(split))
-
-
-def _undecodable_line(path: Path, encoding: str) -> int | None:
-    """1-based line of the first byte that does not decode (only called on the error path)."""
-    data = path.read_bytes()
-    try:
-        data.decode(encoding)
-    except UnicodeDecodeError as e:
-        return data[: e.start].count(b"\n") + 1
-    except LookupError:
-        return None
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,12 +298,12 @@ def _tokenize_split(ds: Any, config: Any, tokenizer: Any, where: str) -> Tokeniz
     import pyarrow.compute as pc
 
     text_col = config.text_column
-    pair_col = str(_get(config, "text_pair_column", "")) or None
+    pair_col = str(option(config, "text_pair_column", "")) or None
     settings = dict(version=_CACHE_VERSION, data=ds._fingerprint,
                     tokenizer=_tokenizer_fingerprint(tokenizer), text=text_col, pair=pair_col,
                     max_length=int(config.max_length),
-                    truncation=str(_get(config, "truncation", "head")),
-                    head_tokens=int(_get(config, "head_tokens", 64)))
+                    truncation=str(option(config, "truncation", "head")),
+                    head_tokens=int(option(config, "head_tokens", 64)))
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
     features = {"input_ids": datasets.Sequence(datasets.Value("int32"))}
@@ -541,7 +325,7 @@ def _tokenize_split(ds: Any, config: Any, tokenizer: Any, where: str) -> Tokeniz
                                       features=datasets.Features(features),
                                       new_fingerprint=fingerprint, desc=f"tokenizing {where}")
     if not ds.cache_files:  # in-memory dataset: keep the cache in an explicit file
-        cache_root = Path(str(_get(config, "cache_dir", "")) or datasets.config.HF_DATASETS_CACHE)
+        cache_root = Path(str(option(config, "cache_dir", "")) or datasets.config.HF_DATASETS_CACHE)
         cache_root.mkdir(parents=True, exist_ok=True)
         map_kwargs["cache_file_name"] = str(cache_root / f"flax_sentiment-{fingerprint}.arrow")
     tokens = ds.map(tokenize, **map_kwargs)
@@ -566,7 +350,7 @@ def _tokenize_split(ds: Any, config: Any, tokenizer: Any, where: str) -> Tokeniz
     if rows.size == 0:
         raise UserError(f"{where}: no examples left: every {text_col!r} text is empty")
     labels = label_ids(ds.data.column(config.label_column).take(rows), config.label_names,
-                       _get(config, "label_map", None), where=where, column=config.label_column)
+                       option(config, "label_map", None), where=where, column=config.label_column)
     all_texts = texts_col.to_pylist()
     return TokenizedSplit(
         name=where, input_ids=flat_ids, token_type_ids=types, starts=starts_all[rows],
@@ -604,14 +388,18 @@ def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.nda
 
 
 def _carve(train: TokenizedSplit, config: Any, eval_name: str,
-           loader: _Loader) -> tuple[TokenizedSplit, TokenizedSplit]:
-    size = float(_get(config, "validation_size", 0.0))
+           loader: SplitLoader) -> tuple[TokenizedSplit, TokenizedSplit]:
+    size = float(option(config, "validation_size", 0.0))
     if size <= 0:
         raise UserError(f"{loader.missing_split(eval_name)} - or set data.validation_size "
                         f"(fraction or count) to carve it from {config.train_split!r}, or set "
                         f"data.eval_split='' for no evaluation")
-    keep, held = stratified_split(train.labels, size, int(_get(config, "seed", 0)))
+    keep, held = stratified_split(train.labels, size, int(option(config, "seed", 0)))
     log.info("carved %d %r examples from %d %r examples (stratified, seed %s)", len(held),
-             eval_name, len(train), config.train_split, _get(config, "seed", 0))
+             eval_name, len(train), config.train_split, option(config, "seed", 0))
     return (train.select(keep, f"{train.name} (minus {eval_name})"),
             train.select(held, f"{train.name} ({eval_name}, carved)"))
+
+
+def _tokenized(loader: SplitLoader, split: str, tokenizer: Any) -> TokenizedSplit:
+    return _tokenize_split(loader.raw(split), loader.config, tokenizer, loader.where(split))

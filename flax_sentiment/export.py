@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from flax_sentiment.batching import DEFAULT_BUCKETS, EvalBatches, make_buckets
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.architectures import Architecture
 from flax_sentiment.models.weights import export_state_dict
@@ -201,11 +202,17 @@ def torch_logits(torch_model: Any, ids: np.ndarray, mask: np.ndarray,
 def parity_check(model: Any, folder: Path, tokenizer: Any = None,
                  texts: Sequence[str] | None = None) -> float:
     """Max |our logits - PyTorch logits| on `folder` (default texts: `PARITY_TEXTS`)."""
-    ours, theirs = parity_logits(model, Path(folder), tokenizer, texts)
+    return _parity(model, Path(folder), tokenizer, texts)[0]
+
+
+def _parity(model: Any, folder: Path, tokenizer: Any, texts: Sequence[str] | None
+            ) -> tuple[float, np.ndarray]:
+    """(max abs logit difference, our logits); inf when shapes differ or values are not finite."""
+    ours, theirs = parity_logits(model, folder, tokenizer, texts)
     if ours.shape != theirs.shape:
         raise ParityError(f"{folder}: PyTorch logits have shape {theirs.shape}, ours {ours.shape}")
     diff = float(np.abs(ours - theirs).max())
-    return diff if math.isfinite(diff) else math.inf
+    return (diff if math.isfinite(diff) else math.inf), ours
 
 
 def float32_reference(model: Any) -> Any:
@@ -289,10 +296,7 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
         if reloaded(texts)["input_ids"] != tokenizer(texts)["input_ids"]:
             raise ParityError(f"{output}: the saved tokenizer encodes differently from the "
                               "original")
-        ours, theirs = parity_logits(float32_reference(model), tmp, reloaded, texts)
-        diff = float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else math.inf
-        if not math.isfinite(diff):
-            diff = math.inf
+        diff, ours = _parity(float32_reference(model), tmp, reloaded, texts)
         limit = effective_tolerance(tolerance, dtype, ours)
         if not diff <= limit:
             raise ParityError(f"{output}: exported PyTorch logits differ from ours by {diff:.3g} "
@@ -314,28 +318,31 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
 
 
 def compare_on_split(model: Any, folder: Path, split: Any, *, batch_size: int = 64,
-                     buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
-                     pad_id: int = 0) -> dict[str, Any]:
+                     buckets: Sequence[int] = DEFAULT_BUCKETS, pad_id: int = 0
+                     ) -> dict[str, Any]:
     """Accuracy of our model and of the exported PyTorch folder on a whole labelled split.
 
-    Both see the same token ids (the training pipeline's), so any gap is the export's alone.
-    `split` is a `data.TokenizedSplit`.
+    Both see the same token ids (the training pipeline's batches), so any gap is the export's
+    alone. `split` is a `data.TokenizedSplit`; ours runs through `steps.model_step`.
     """
-    import jax
-
-    from flax_sentiment.batching import EvalBatches, make_buckets
+    from flax_sentiment import parallel
+    from flax_sentiment.models.functional import ModelDef
+    from flax_sentiment.steps import Steps
 
     torch_model = load_torch_model(Path(folder))
-    forward = jax.jit(lambda ids, mask, types: model(ids, mask, types))
+    mesh = parallel.make_mesh()
+    steps = Steps(ModelDef(model), model.config.num_labels, mesh)
     use_types = model.config.type_vocab_size > 0
-    lengths = make_buckets(buckets, int(split.lengths.max()))
+    batches = EvalBatches(split, parallel.round_up(batch_size, mesh.devices.size),
+                          make_buckets(buckets, int(split.lengths.max())), pad_id=pad_id,
+                          process_index=0, process_count=1)
     ours_pred, theirs_pred, labels, max_diff = [], [], [], 0.0
-    for batch in EvalBatches(split, batch_size, lengths, pad_id=pad_id):
+    outputs = steps.run(steps.place(ModelDef.params_of(model)), batches)
+    for batch, out in zip(batches, outputs, strict=True):
         real = batch["weights"] > 0
-        types = batch["token_type_ids"] if use_types else None
-        ours = np.asarray(forward(batch["input_ids"], batch["attention_mask"], types))[real]
+        ours = np.asarray(out["logits"])[real]
         theirs = torch_logits(torch_model, batch["input_ids"], batch["attention_mask"],
-                              types)[real]
+                              batch["token_type_ids"] if use_types else None)[real]
         max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
         ours_pred.append(ours.argmax(-1))
         theirs_pred.append(theirs.argmax(-1))

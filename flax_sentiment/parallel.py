@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -77,3 +80,22 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size")
     if batch_size <= 0 or batch_size % devices:
         raise UserError(f"{key}={batch_size} must be a positive multiple of the device count "
                         f"({devices} devices)")
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str) -> Iterator[None]:
+    """Persist compiled steps across runs (a resumed or repeated run skips recompiling), unless
+    the user configured JAX's cache already; JAX's settings are restored on exit."""
+    if not directory or jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    path = Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)

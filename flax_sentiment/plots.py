@@ -84,38 +84,13 @@ def confusion_matrix(confusion: Sequence[Sequence[float]], label_names: Sequence
 # Precision-recall
 
 
-def pr_curve(scores: np.ndarray, positive: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(precision, recall, thresholds, average precision) of one binary problem.
-
-    Follows scikit-learn's (>= 1.3) `precision_recall_curve(drop_intermediate=False)` and
-    `average_precision_score`: one point per distinct score (ties move together), recall
-    decreasing, a last point (recall 0, precision 1) without threshold; AP = sum_n (R_n -
-    R_{n-1}) P_n, no interpolation (a trapezoid would flatter the curve).
-    """
-    scores = np.asarray(scores, np.float64)
-    positive = np.asarray(positive, bool)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, positive = scores[order], positive[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    tps = np.cumsum(positive)[last_of_tie].astype(np.float64)
-    fps = (last_of_tie + 1) - tps
-    total_pos = positive.sum()
-    precision = np.divide(tps, tps + fps, out=np.zeros_like(tps), where=(tps + fps) > 0)
-    recall = (tps / total_pos) if total_pos else np.ones_like(tps)
-    precision = np.r_[precision[::-1], 1.0]
-    recall = np.r_[recall[::-1], 0.0]
-    thresholds = scores[last_of_tie][::-1]
-    ap = float(-np.sum(np.diff(recall) * precision[:-1])) if total_pos else 0.0
-    return precision, recall, thresholds, ap
-
-
 def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray,
                             label_names: Sequence[str], path: str | Path, *,
                             title: str | None = None) -> Path:
     """One-vs-rest precision-recall curve per class, with average precision (AP) and the
     chance level (the class's share) for reference."""
     from matplotlib import colormaps
+    from sklearn.metrics import average_precision_score, precision_recall_curve
 
     probabilities = np.asarray(probabilities, np.float64)
     labels = np.asarray(labels)
@@ -129,7 +104,9 @@ def precision_recall_curves(probabilities: np.ndarray, labels: np.ndarray,
         if not positive.any():
             ax.plot([], [], color=color, label=f"{name} (no examples)")
             continue
-        precision, recall, _, ap = pr_curve(probabilities[:, k], positive)
+        precision, recall, _ = precision_recall_curve(positive, probabilities[:, k],
+                                                      drop_intermediate=False)
+        ap = average_precision_score(positive, probabilities[:, k])
         ax.plot(recall, precision, drawstyle="steps-post", color=color, linewidth=2,
                 label=f"{name}: AP {ap:.3f} (chance {share:.2f})")
         ax.axhline(share, color=color, linestyle=":", linewidth=1, alpha=0.8)

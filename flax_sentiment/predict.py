@@ -1,25 +1,25 @@
 """Inference: texts -> labels and probabilities, with few compiles however the lengths vary.
 
-Texts are grouped by length into buckets and run as fixed-size batches (short batches are filled
-with dummy rows), so XLA compiles one program per bucket actually used and never again.
+Texts are tokenized as in training, then batched by `batching` into length buckets of fixed-size
+batches (short batches are filled with dummy rows) and run through `steps.model_step`, so XLA
+compiles one program per bucket actually used and never again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flax_sentiment.batching import make_buckets
-from flax_sentiment.data import tokenize_texts
+from flax_sentiment import batching, parallel
+from flax_sentiment.batching import DEFAULT_BUCKETS, make_buckets
+from flax_sentiment.data import TokenizedSplit, tokenize_texts
 from flax_sentiment.errors import UserError
-
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+from flax_sentiment.models.functional import ModelDef
+from flax_sentiment.steps import Steps
 
 
 class Classifier:
@@ -44,13 +44,14 @@ class Classifier:
         self.max_length = min(int(max_length), cfg.max_input_length)
         self.buckets = make_buckets(buckets, self.max_length)
         self.truncation, self.head_tokens = truncation, int(head_tokens)
-        self.batch_size = int(batch_size)
         self.pad_id = tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = cfg.pad_token_id
-        self._use_types = cfg.type_vocab_size > 0
-        self._graphdef, self._state = nnx.split(model)
-        self._compiled: dict[tuple[int, int], Any] = {}
+        mesh = parallel.make_mesh()
+        self.batch_size = parallel.round_up(int(batch_size), mesh.devices.size)
+        self._steps = Steps(ModelDef(model), cfg.num_labels, mesh)
+        self._params = self._steps.place(ModelDef.params_of(model))  # a snapshot
+        self._shapes: set[tuple[int, int]] = set()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: Any = "float32",
@@ -67,13 +68,16 @@ class Classifier:
 
     @classmethod
     def from_workdir(cls, workdir: str | Path, step: int | str | None = None, *,
-                     dtype: str | None = None, **kwargs: Any) -> Classifier:
+                     dtype: str | None = None, overrides: Mapping[str, Any] | None = None,
+                     **kwargs: Any) -> Classifier:
         """The model a training run saved (latest, 'best' or a step), with the run's
-        tokenizer, labels, max length, buckets and truncation."""
+        tokenizer, labels, max length, buckets and truncation (`overrides` of `data.*` keys
+        that keep the model's tokenization, e.g. `{'data.buckets': (16, 64)}`, apply)."""
+        from flax_sentiment.config import with_overrides
         from flax_sentiment.workdir import load_run
 
         run = load_run(workdir, step, dtype=dtype)
-        d = run.config.data
+        d = with_overrides(run.config, overrides or {}).data
         options = dict(max_length=d.max_length, buckets=d.buckets, truncation=d.truncation,
                        head_tokens=d.head_tokens)
         return cls(run.model, run.tokenizer, run.label_names, **{**options, **kwargs})
@@ -81,21 +85,7 @@ class Classifier:
     @property
     def compiled_shapes(self) -> list[tuple[int, int]]:
         """(batch, length) of every program compiled so far: at most one per bucket."""
-        return sorted(self._compiled)
-
-    def _forward(self, shape: tuple[int, int]) -> Any:
-        if shape not in self._compiled:
-            graphdef, use_types = self._graphdef, self._use_types
-
-            def probabilities(state, ids, mask, types):
-                model = nnx.merge(graphdef, state)
-                logits = model(ids, mask, types if use_types else None)
-                return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-            ids = jax.ShapeDtypeStruct(shape, jnp.int32)
-            self._compiled[shape] = jax.jit(probabilities).lower(
-                self._state, ids, ids, ids).compile()
-        return self._compiled[shape]
+        return sorted(self._shapes)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """`[len(texts), num_labels]` probabilities, rows in input order."""
@@ -109,28 +99,18 @@ class Classifier:
             return out
         enc = tokenize_texts(self.tokenizer, texts, max_length=self.max_length,
                              truncation=self.truncation, head_tokens=self.head_tokens)
-        ids_list = enc["input_ids"]
-        types_list = enc.get("token_type_ids")
-        lengths = np.array([len(x) for x in ids_list])
-        which = np.searchsorted(np.asarray(self.buckets), lengths, side="left")
-        for b, length in enumerate(self.buckets):
-            rows = np.flatnonzero(which == b)
-            for start in range(0, len(rows), self.batch_size):
-                chunk = rows[start:start + self.batch_size]
-                shape = (self.batch_size, length)
-                ids = np.full(shape, self.pad_id, np.int32)
-                mask = np.zeros(shape, np.int32)
-                types = np.zeros(shape, np.int32)
-                mask[len(chunk):, 0] = 1  # dummy rows attend to one pad token
-                for r, i in enumerate(chunk):
-                    n = lengths[i]
-                    ids[r, :n] = ids_list[i]
-                    mask[r, :n] = 1
-                    if types_list is not None:
-                        types[r, :n] = types_list[i]
-                probs = self._forward(shape)(self._state, ids, mask, types)
-                out[chunk] = np.asarray(probs)[: len(chunk)]
+        split = TokenizedSplit.from_encodings("predict", enc, texts, self.label_names)
+        batches = batching.EvalBatches(split, self.batch_size, self.buckets, pad_id=self.pad_id)
+        for result in self._steps.run(self._params, self._seen(batches)):
+            index = np.asarray(result["index"])
+            real = index >= 0
+            out[index[real]] = np.asarray(result["probabilities"])[real]
         return out
+
+    def _seen(self, batches: Iterable[batching.Batch]) -> Iterator[batching.Batch]:
+        for batch in batches:
+            self._shapes.add(tuple(batch["input_ids"].shape))
+            yield batch
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """One `{label, score, probabilities}` per text, in input order (texts longer than

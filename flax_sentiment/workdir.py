@@ -1,11 +1,18 @@
-"""What a training workdir holds, loaded back without the original config file: the model at
-a step (latest, best or a number), its label names, tokenizer and configs."""
+"""The one owner of a run folder: its layout (the workdir contract) and reading and writing it.
+
+`config.json` (resolved config), `tokenizer/`, `checkpoints/` (orbax), `metrics.jsonl` (one JSON
+object per line, each with `step`) plus TensorBoard events, and `eval_results.json`. Evaluation,
+prediction and export load a `Run` from it: the parameters alone (an orbax partial restore),
+with no optimizer and no random initialisation.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +22,134 @@ from flax import nnx
 
 from flax_sentiment import parallel
 from flax_sentiment.checkpoint import Checkpoints
+from flax_sentiment.config import from_dict, to_json
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.architectures import Architecture, get_architecture
 from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.config import EncoderConfig
+from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.pretrained import as_dtype, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class Workdir:
+    """Paths and files of one training run (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().absolute()
+        self.config_file = self.path / "config.json"
+        self.tokenizer_dir = self.path / "tokenizer"
+        self.checkpoints_dir = self.path / "checkpoints"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.results_file = self.path / "eval_results.json"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- writing (the training run)
+
+    def check_usable(self) -> None:
+        """A workdir is a folder or does not exist yet (it and its parents are made later)."""
+        for path in (self.path, *self.path.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise UserError(f"--workdir {self.path}: {path} is a file, not a folder")
+                return
+
+    def write_run_files(self, config: ml_collections.ConfigDict, tokenizer: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(to_json(config))
+        tokenizer.save_pretrained(str(self.tokenizer_dir))
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        self.results_file.write_text(json.dumps(results, indent=2))
+
+    def metrics_writer(self, *, enabled: bool = True) -> MetricsWriter:
+        return MetricsWriter(self.path, self.metrics_file, enabled=enabled)
+
+    def checkpoints(self, *, read_only: bool = False, **options: Any) -> Checkpoints:
+        return Checkpoints(self.checkpoints_dir, read_only=read_only, **options)
+
+    # -- reading (evaluation, prediction, export, notebooks)
+
+    def read_config(self) -> ml_collections.ConfigDict | None:
+        """The resolved config the run wrote, or None when there is none (yet)."""
+        if not self.config_file.is_file():
+            return None
+        try:
+            return from_dict(json.loads(self.config_file.read_text()))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{self.config_file}: not valid JSON ({e})") from None
+
+    def read_results(self) -> dict[str, Any] | None:
+        return json.loads(self.results_file.read_text()) if self.results_file.is_file() else None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines()
+                if line.strip()]
+
+    def tokenizer(self, fallback: str) -> Any:
+        """The tokenizer the run saved (`fallback`, the model's name, for older runs)."""
+        return load_tokenizer(self.tokenizer_dir if self.tokenizer_dir.is_dir() else fallback)
+
+    def load_run(self, step: int | str | None = None, *, dtype: str | None = None) -> Run:
+        """The model at `step` (None = latest, 'best' = best by the eval metric, or a number),
+        restored as parameters alone."""
+        if not self.path.is_dir():
+            raise UserError(f"--workdir {self.path}: no such folder")
+        if not self.checkpoints_dir.is_dir():
+            raise UserError(f"{self.path}: no checkpoints folder (not a training workdir, or "
+                            "the run saved nothing yet)")
+        config = self.read_config()
+        metric = config.eval.metric if config is not None else "accuracy"
+        mode = config.eval.metric_mode if config is not None else "max"
+        ckpts = self.checkpoints(read_only=True, metric=metric, mode=mode)
+        try:
+            chosen = _choose_step(ckpts, step, self.path)
+            # The checkpoint's own metadata builds the model: no config file or hub needed.
+            meta = ckpts.restore_extra(chosen)["meta"]
+            enc = EncoderConfig(**meta["encoder_config"])
+            config = from_dict(meta["config"])
+            compute = as_dtype(dtype or config.model.dtype)
+            abstract = nnx.eval_shape(lambda: SequenceClassifier(enc, dtype=compute,
+                                                                 rngs=nnx.Rngs(0)))
+            model_def = ModelDef(abstract)
+            # The latest may be damaged: then the restore falls back and says so.
+            latest = step is None or step == "latest"
+            restored, params, _ = ckpts.restore_params(
+                model_def.abstract_params(), parallel.replicated(parallel.make_mesh()),
+                None if latest else chosen)
+        finally:
+            ckpts.close()
+        model = model_def.merge(jax.device_get(params))
+        return Run(workdir=self.path, step=restored, model=model,
+                   arch=get_architecture(meta["model_type"]),
+                   label_names=list(meta["label_names"]), config=config,
+                   hf_config=meta["hf_config"])
+
+
+def _choose_step(ckpts: Checkpoints, step: int | str | None, where: Path) -> int:
+    if not ckpts.all_steps():
+        raise UserError(f"{ckpts.directory}: no complete checkpoints")
+    if step == "best":
+        best = ckpts.best_step()
+        if best is None:
+            raise UserError(f"{where}: no checkpoint has eval metrics, so there is no best one "
+                            f"(have steps {ckpts.all_steps()})")
+        return best
+    if step is None or step == "latest":
+        return ckpts.latest_step()
+    if int(step) not in ckpts.all_steps():
+        raise UserError(f"{where}: no checkpoint at step {step} (have {ckpts.all_steps()})")
+    return int(step)
 
 
 @dataclasses.dataclass
 class Run:
-    """A trained model restored from `workdir/checkpoints` at `step`."""
+    """A trained model restored from a workdir at `step`."""
 
     workdir: Path
     step: int
@@ -35,61 +160,58 @@ class Run:
     hf_config: dict[str, Any]
 
     @functools.cached_property
-    def tokenizer(self):
-        folder = self.workdir / "tokenizer"
-        return load_tokenizer(folder if folder.is_dir() else self.config.model.name_or_path)
-
-
-def _checkpoints(workdir: Path, config: ml_collections.ConfigDict | None = None) -> Checkpoints:
-    directory = workdir / "checkpoints"
-    if not directory.is_dir():
-        raise UserError(f"{workdir}: no checkpoints folder (not a training workdir, or the run "
-                        "saved nothing yet)")
-    metric = config.eval.metric if config is not None else "accuracy"
-    mode = config.eval.metric_mode if config is not None else "max"
-    ckpts = Checkpoints(directory, metric=metric, mode=mode, read_only=True)
-    if not ckpts.all_steps():
-        raise UserError(f"{directory}: no complete checkpoints")
-    return ckpts
+    def tokenizer(self) -> Any:
+        return Workdir(self.workdir).tokenizer(self.config.model.name_or_path)
 
 
 def load_run(workdir: str | Path, step: int | str | None = None, *,
              dtype: str | None = None) -> Run:
-    """Restore the model of `workdir` at `step`: None = latest, 'best' = best by eval metric."""
-    from flax_sentiment.train import Trainer  # train imports this module's callers, not this
+    """`Workdir(workdir).load_run(step, dtype=dtype)`."""
+    return Workdir(workdir).load_run(step, dtype=dtype)
 
-    workdir = Path(workdir).expanduser().absolute()
-    if not workdir.is_dir():
-        raise UserError(f"--workdir {workdir}: no such folder")
-    config_file = workdir / "config.json"
-    config = (ml_collections.ConfigDict(json.loads(config_file.read_text()))
-              if config_file.exists() else None)
-    ckpts = _checkpoints(workdir, config)
-    if step == "best":
-        chosen = ckpts.best_step()
-        if chosen is None:
-            raise UserError(f"{workdir}: no checkpoint has eval metrics, so there is no best one "
-                            f"(have steps {ckpts.all_steps()})")
-    elif step is None or step == "latest":
-        chosen = ckpts.latest_step()
-    else:
-        chosen = int(step)
-        if chosen not in ckpts.all_steps():
-            raise UserError(f"{workdir}: no checkpoint at step {chosen} "
-                            f"(have {ckpts.all_steps()})")
-    meta = ckpts.restore_extra(chosen)["meta"]
-    config = ml_collections.ConfigDict(meta["config"])
-    arch = get_architecture(meta["model_type"])
-    enc = EncoderConfig(**meta["encoder_config"])
-    model = SequenceClassifier(enc, dtype=as_dtype(dtype or config.model.dtype),
-                               rngs=nnx.Rngs(0))
-    trainer = Trainer(config, model, enc.num_labels, max(int(config.train.max_steps), 1),
-                      parallel.make_mesh())
-    # The latest may be damaged: then restore falls back to an older one and says so.
-    latest = step is None or step == "latest"
-    restored_step, state, _ = ckpts.restore(trainer.abstract_state, None if latest else chosen)
-    ckpts.close()
-    model = trainer.model_def.merge(jax.device_get(state.params))
-    return Run(workdir=workdir, step=restored_step, model=model, arch=arch,
-               label_names=list(meta["label_names"]), config=config,
-               hf_config=meta["hf_config"])
+
+class MetricsWriter:
+    """metrics.jsonl (one JSON object per line, each with `step`) and the same scalars as
+    TensorBoard events; only process 0 writes."""
+
+    def __init__(self, folder: Path, path: Path, *, enabled: bool = True):
+        self.enabled, self.folder, self.path = enabled, Path(folder), Path(path)
+        self._tb = None
+
+    def _board(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=str(self.folder), flush_secs=30)
+        return self._tb
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        row = {"step": int(step), **{k: _jsonable(v) for k, v in scalars.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        board = self._board()
+        for key, value in scalars.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                board.add_scalar(key, value, step)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines logged after the restored checkpoint (they will be redone)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

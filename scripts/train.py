@@ -7,7 +7,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from flax_sentiment import cli
-from flax_sentiment.logging_utils import setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -18,7 +17,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
+    cli.setup_logging()
     from flax_sentiment.train import train_and_evaluate
 
     train_and_evaluate(FLAGS.config, FLAGS.workdir)

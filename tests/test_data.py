@@ -14,16 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flax_sentiment import data
-from flax_sentiment.data import (
-    EvalBatches,
-    TokenizedSplit,
-    TrainIterator,
-    default_data_config,
-    load_data,
-    load_split,
-    prefetch,
-)
+from flax_sentiment import batching, data
+from flax_sentiment.batching import EvalBatches, TrainIterator, prefetch
+from flax_sentiment.config import default_data_config
+from flax_sentiment.data import TokenizedSplit, load_data, load_split
 from flax_sentiment.errors import UserError
 from tests.conftest import need_shared_data
 
@@ -111,7 +105,7 @@ def random_lengths(n=500, seed=1):
     return np.random.default_rng(seed).integers(3, 120, n)
 
 
-BUCKETS = data.make_buckets(data.DEFAULT_BUCKETS, 128)
+BUCKETS = batching.make_buckets(batching.DEFAULT_BUCKETS, 128)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -127,8 +121,8 @@ def test_default_config_has_every_key():
 
 
 def test_make_buckets_clips_and_includes_max_length():
-    assert data.make_buckets([16, 32, 64, 128, 256, 512], 100) == [16, 32, 64, 100]
-    assert data.make_buckets([64, 16, 16], 64) == [16, 64]
+    assert batching.make_buckets([16, 32, 64, 128, 256, 512], 100) == [16, 32, 64, 100]
+    assert batching.make_buckets([64, 16, 16], 64) == [16, 64]
 
 
 # ------------------------------------------------------------------------------ real data
@@ -153,17 +147,17 @@ def test_sst2_validation_and_test(real_data, tokenizer):
 def test_sst2_train_rows_and_padding_efficiency(real_data, tokenizer):
     split = load_split(config(real_data / "sst2"), tokenizer, "train")
     assert len(split) == 67349
-    buckets = data.make_buckets(data.DEFAULT_BUCKETS, 128)
-    assert data.padding_efficiency(split.lengths, 32, buckets) >= 0.80
-    assert data.padding_efficiency(split.lengths, 32, [128]) < 0.2
+    buckets = batching.make_buckets(batching.DEFAULT_BUCKETS, 128)
+    assert batching.padding_efficiency(split.lengths, 32, buckets) >= 0.80
+    assert batching.padding_efficiency(split.lengths, 32, [128]) < 0.2
 
 
 def test_padding_efficiency_sst2_test_split(real_data, tokenizer):
     # 1,821 sentences; the 872 of validation leave too few rows per bucket at batch 32 (0.76)
     split = load_split(config(real_data / "sst2"), tokenizer, "test")
-    bucketed = data.padding_efficiency(split.lengths, 32, BUCKETS)
+    bucketed = batching.padding_efficiency(split.lengths, 32, BUCKETS)
     assert bucketed >= 0.80
-    assert bucketed > 2 * data.padding_efficiency(split.lengths, 32, [128])
+    assert bucketed > 2 * batching.padding_efficiency(split.lengths, 32, [128])
     # the analytic figure is what the batches really contain
     batches = list(EvalBatches(split, 32, BUCKETS, pad_id=0, process_index=0, process_count=1))
     real = sum(int(b["attention_mask"][b["weights"] > 0].sum()) for b in batches)
@@ -460,7 +454,7 @@ def test_shard_batch_over_four_devices():
     code = textwrap.dedent("""
         import numpy as np, jax
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from flax_sentiment.data import shard_batch, prefetch, TrainIterator
+        from flax_sentiment.batching import shard_batch, prefetch, TrainIterator
         from tests.test_data import synthetic_split, random_lengths, BUCKETS
         assert jax.device_count() == 4, jax.devices()
         mesh = Mesh(np.array(jax.devices()), ("data",))

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flax_sentiment import plots
 from flax_sentiment.errors import UserError
-from flax_sentiment.evaluate import apply_data_overrides, evaluate_checkpoint
+from flax_sentiment.evaluate import evaluate_checkpoint
 from flax_sentiment.train import train_and_evaluate
 from tests.conftest import REPO
 from tests.helpers import run_script, sst2_subset, tiny_bert, tiny_config
@@ -92,37 +91,24 @@ def test_to_json(report, tmp_path):
     assert {k: saved[k] for k in report.metrics} == report.metrics
 
 
-def test_label_mismatch_is_a_clear_error(run):
-    with pytest.raises(UserError) as e:
-        evaluate_checkpoint(run["workdir"], data={"label_names": ["neg", "neu", "pos"]})
-    message = str(e.value)
-    assert "['neg', 'neu', 'pos']" in message and "['negative', 'positive']" in message
+@pytest.mark.parametrize("overrides,message", [
+    ({"data.label_names": ("neg", "neu", "pos")}, "data.label_names: would change the labels"),
+    ({"data.max_length": 32}, "data.max_length: would change the tokenization"),
+    ({"train.learning_rate": 1.0}, "train.learning_rate: only data.* and eval.*"),
+    ({"data.nme_or_path": "x"}, "data.nme_or_path: no such config key"),
+    ({"eval.batch_size": "many"}, "eval.batch_size='many'"),
+])
+def test_overrides_that_would_change_the_model_are_refused(run, overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        evaluate_checkpoint(run["workdir"], overrides=overrides)
 
 
-def test_data_overrides_take_command_line_strings():
-    from flax_sentiment.data import default_data_config
-
-    base = default_data_config()
-    c = apply_data_overrides(base, {"max_length": "64", "label_names": "a,b,c",
-                                    "validation_size": "0.1", "eval_split": "test"})
-    assert c.max_length == 64 and list(c.label_names) == ["a", "b", "c"]
-    assert c.validation_size == 0.1 and c.eval_split == "test" and base.max_length == 128
-    assert list(apply_data_overrides(base, {"buckets": "[8, 16]"}).buckets) == [8, 16]
-    with pytest.raises(UserError, match="no such data config key"):
-        apply_data_overrides(base, {"nme_or_path": "x"})
-
-
-def test_pr_curve_matches_sklearn():
-    metrics = pytest.importorskip("sklearn.metrics")
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 300).astype(bool)
-    scores = np.round(rng.random(300) * 0.6 + labels * 0.3, 2)  # with ties
-    precision, recall, thresholds, ap = plots.pr_curve(scores, labels)
-    p, r, t = metrics.precision_recall_curve(labels, scores)
-    np.testing.assert_allclose(precision, p)
-    np.testing.assert_allclose(recall, r)
-    np.testing.assert_allclose(thresholds, t)
-    assert ap == pytest.approx(metrics.average_precision_score(labels, scores))
+def test_overrides_of_data_and_eval_apply(run):
+    """Another batching of the same data gives the same metrics (padding is masked)."""
+    report = evaluate_checkpoint(run["workdir"], overrides={"eval.batch_size": 7,
+                                                            "data.buckets": (8, 64)},
+                                 data={"name_or_path": str(run["data"])})
+    assert_same_metrics(report.metrics, run["expected"])
 
 
 def test_script_writes_json_and_plots(run, tmp_path):
@@ -142,10 +128,10 @@ def test_script_writes_json_and_plots(run, tmp_path):
         assert_real_png(out / name)
 
     bad = run_script(["scripts/evaluate.py", "--workdir", str(run["workdir"]),
-                      "--data.label_names=neg,neu,pos"], timeout=300)
+                      "--config.data.label_names=('neg','neu','pos')"], timeout=300)
     assert bad.returncode == 2, bad.stderr[-3000:]
     lines = bad.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: label mismatch") and "['neg', 'neu', 'pos']" in lines[-1]
+    assert lines[-1].startswith("error: --config.data.label_names: would change the labels")
     assert "Traceback" not in bad.stderr and len(lines) == 1
 
 

@@ -13,13 +13,8 @@ from flax_sentiment.config import base_config
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.pretrained import load_pretrained_bundle
-from flax_sentiment.train import (
-    Trainer,
-    _weighted_ce_sum,
-    decay_mask,
-    make_schedule,
-    train_and_evaluate,
-)
+from flax_sentiment.steps import Steps, decay_mask, loss_sum, make_schedule
+from flax_sentiment.train import train_and_evaluate
 from tests.helpers import run_script, sst2_subset, tiny_bert, tiny_config
 
 
@@ -47,7 +42,10 @@ def _trainer(model_dir, num_labels=2, dtype="float32", mesh=None, **train):
     for k, v in train.items():
         config.train[k] = v
     bundle = load_pretrained_bundle(model_dir, num_labels=num_labels, dtype=dtype)
-    return Trainer(config, bundle.model, num_labels, 100, mesh or parallel.make_mesh()), bundle
+    steps = Steps(ModelDef(bundle.model), num_labels, mesh or parallel.make_mesh(),
+                  train=config.train, total_steps=100)
+    steps.params0 = ModelDef.params_of(bundle.model)  # the weights a fresh state starts from
+    return steps, bundle
 
 
 def _put(trainer, batch):
@@ -57,7 +55,7 @@ def _put(trainer, batch):
 def test_train_step_moves_every_parameter(tiny):
     # No weight decay: decay alone would move every matrix, gradient or not.
     trainer, _ = _trainer(tiny["model"], warmup_ratio=0.0, weight_decay=0.0)
-    state = trainer.initial_state()
+    state = trainer.init_state(trainer.params0)
     before = jax.device_get(state.params)
     state, metrics = trainer.train_step(state, _put(trainer, _batch(np.random.RandomState(0))))
     after = jax.device_get(state.params)
@@ -72,7 +70,7 @@ def test_gradient_accumulation_matches_one_large_batch(tiny):
     params = {}
     for k in (1, 4):
         trainer, _ = _trainer(tiny["model_nodrop"], grad_accum_steps=k, warmup_ratio=0.0)
-        state = trainer.initial_state()
+        state = trainer.init_state(trainer.params0)
         for _ in range(2):
             state, metrics = trainer.train_step(state, _put(trainer, batch))
         params[k] = (jax.device_get(state.params), float(metrics["loss"]))
@@ -98,7 +96,7 @@ batch, result = _batch(np.random.RandomState(1), batch=32), {}
 for k in (1, 4):
     trainer, _ = _trainer(model, grad_accum_steps=k, **ACCUM_TRAIN)
     assert len(trainer.data_sharding.device_set) == 8
-    state = trainer.initial_state()
+    state = trainer.init_state(trainer.params0)
     for _ in range(2):
         state, metrics = trainer.train_step(state, _put(trainer, batch))
     result.update({f"{k}/{n}": v for n, v in jax.device_get(state.params).items()})
@@ -117,7 +115,7 @@ def test_gradient_accumulation_on_eight_devices(tiny, tmp_path):
     eight = np.load(out)
     one_device = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
     trainer, _ = _trainer(tiny["model_nodrop"], mesh=one_device, **ACCUM_TRAIN)
-    state, batch = trainer.initial_state(), _batch(np.random.RandomState(1), batch=32)
+    state, batch = trainer.init_state(trainer.params0), _batch(np.random.RandomState(1), batch=32)
     for _ in range(2):
         state, metrics = trainer.train_step(state, _put(trainer, batch))
     single = jax.device_get(state.params)
@@ -145,7 +143,7 @@ def test_loss_is_torch_cross_entropy_with_class_weights_and_label_smoothing(tiny
                                label_smoothing=ls)
     logits = np.asarray(bundle.model(batch["input_ids"], batch["attention_mask"],
                                      batch["token_type_ids"]), np.float64)
-    _, metrics = trainer.train_step(trainer.initial_state(), _put(trainer, batch))
+    _, metrics = trainer.train_step(trainer.init_state(trainer.params0), _put(trainer, batch))
     valid = batch["weights"] > 0
     expected = torch.nn.functional.cross_entropy(
         torch.tensor(logits[valid]), torch.tensor(batch["labels"][valid], dtype=torch.long),
@@ -174,7 +172,7 @@ def test_bfloat16_trains_like_float32(tiny):
         batch[key][-3:] = 0  # the 3 weight-0 rows are dummies: not one token attended
 
     def run(trainer, batch, steps=3):
-        state = trainer.initial_state()
+        state = trainer.init_state(trainer.params0)
         before, losses = jax.device_get(state.params), []
         for _ in range(steps):
             state, metrics = trainer.train_step(state, _put(trainer, batch))
@@ -309,7 +307,7 @@ def test_best_checkpoint_is_kept_and_loadable(tiny, tmp_path):
 def _loss_and_grads(trainer, params, batch):
     """Mean loss and its gradient (the train step's, before the optimizer) on one batch."""
     def loss(p):
-        total, (weight, _) = _weighted_ce_sum(
+        total, (weight, _) = loss_sum(
             trainer.model_def, p, batch, jax.random.key_data(jax.random.key(0)),
             num_labels=trainer.num_labels, label_smoothing=0.0,
             class_weights=jnp.ones(trainer.num_labels))
@@ -323,12 +321,12 @@ def test_bucket_padding_changes_nothing_but_cost(tiny):
     """The same examples padded to 16 or to 128 tokens give the same loss and gradients: the
     bucketed pipeline trains the model fixed-length padding trains, with less work."""
     trainer, _ = _trainer(tiny["model_nodrop"], warmup_ratio=0.0)
-    state = trainer.initial_state()
+    state = trainer.init_state(trainer.params0)
     short = _batch(np.random.RandomState(3), length=16)
     long = {k: v for k, v in short.items()}
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         long[key] = np.pad(short[key], ((0, 0), (0, 112)))
-    eval_counts = [jax.device_get(trainer.eval_step(state.params, _put(trainer, b)))
+    eval_counts = [jax.device_get(trainer.model_step(state.params, _put(trainer, b))["counts"])
                    for b in (short, long)]
     np.testing.assert_array_equal(eval_counts[0]["confusion"], eval_counts[1]["confusion"])
     assert float(eval_counts[0]["loss_sum"]) == pytest.approx(float(eval_counts[1]["loss_sum"]),

@@ -30,6 +30,11 @@ class ModelDef:
         return {".".join(str(p) for p in path): var.get_value()
                 for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
+    def abstract_params(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes and dtypes of the parameters, by name (what a checkpoint restores into)."""
+        return {name: jax.ShapeDtypeStruct(t.shape, t.dtype)
+                for name, t in zip(self.names, self._templates, strict=True)}
+
     def merge(self, params: Mapping[str, jax.Array]) -> nnx.Module:
         state = nnx.from_flat_state([
             (path, tmpl.replace(params[name]))

@@ -1,0 +1,253 @@
+"""The pure step functions and their jitted, sharded forms: what runs the model, everywhere.
+
+`train_step(state, batch) -> (state, metrics)` trains; ONE `model_step(params, batch)` runs the
+model for everything else (the loop's evaluation, `evaluate`, `predict`, export's split
+comparison, the benchmark) and returns what each needs: additive per-class counts (metrics),
+probabilities and logits, and the batch's `index` (predictions back to rows). `Steps` jits them
+with explicit shardings over the mesh; an inference-only `Steps` builds no optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+
+from flax_sentiment import batching, parallel
+from flax_sentiment import metrics as metrics_lib
+from flax_sentiment.errors import UserError
+from flax_sentiment.models.functional import ModelDef, Params
+
+Batch = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar
+    params: Params
+    opt_state: optax.OptState
+    rng: jax.Array  # raw uint32[2] key: a plain array checkpoints and reshards like any other
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def decay_mask(params: Params) -> dict[str, bool]:
+    """AdamW decays matrices and embeddings, never biases or LayerNorm scales."""
+    return {name: not name.endswith((".bias", ".scale")) for name in params}
+
+
+def make_schedule(t: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    warmup = t.warmup_steps if t.warmup_steps > 0 else int(round(t.warmup_ratio * total_steps))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    lr = t.learning_rate
+    if t.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, 1), 0.0)
+    decay = (optax.constant_schedule(lr) if t.schedule == "constant"
+             else optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1)))
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def make_optimizer(t: ml_collections.ConfigDict, schedule: optax.Schedule
+                   ) -> optax.GradientTransformation:
+    parts = [optax.clip_by_global_norm(t.max_grad_norm)] if t.max_grad_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+                             weight_decay=t.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure steps
+
+
+def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, *,
+             num_labels: int, label_smoothing: float, class_weights: jax.Array
+             ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Sum (not mean) of weighted cross-entropy, so micro-batches add up to the full batch.
+
+    PyTorch's CrossEntropyLoss(weight=w, label_smoothing=e), the definition users know:
+    (1 - e) * w[y] * ce_y + e / C * sum_c w[c] * ce_c, normalised by sum w[y] (the caller
+    divides by it). Per-row `weights` mask padded rows.
+    """
+    logits = model_def.merge(params)(
+        batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+        deterministic=False, dropout_rng=jax.random.wrap_key_data(rng))
+    nll = -jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    labels = batch["labels"]
+    w_y = class_weights[labels]
+    ce = w_y * jnp.take_along_axis(nll, labels[:, None], axis=-1)[:, 0]
+    if label_smoothing:
+        smooth = jnp.sum(nll * class_weights, axis=-1) / num_labels
+        ce = (1.0 - label_smoothing) * ce + label_smoothing * smooth
+    w = batch["weights"] * w_y
+    correct = (jnp.argmax(logits, -1) == labels) * batch["weights"]
+    return jnp.sum(batch["weights"] * ce), (jnp.sum(w), jnp.sum(correct))
+
+
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, num_labels: int, grad_accum_steps: int = 1,
+                    label_smoothing: float = 0.0, class_weights: Any = ()
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Batch]]:
+    cw = jnp.asarray(class_weights if len(class_weights) else [1.0] * num_labels, jnp.float32)
+    grad_fn = jax.value_and_grad(loss_sum, argnums=1, has_aux=True)
+    k = grad_accum_steps
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
+        step_rng = jax.random.fold_in(state.rng, state.step)
+
+        def micro(i, mb):
+            rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(step_rng), i))
+            (loss, (w, correct)), grads = grad_fn(model_def, state.params, mb, rng,
+                                                  num_labels=num_labels,
+                                                  label_smoothing=label_smoothing,
+                                                  class_weights=cw)
+            return loss, w, correct, grads
+
+        if k == 1:
+            loss, w, correct, grads = micro(0, batch)
+        else:
+            # Row j*k + i goes to micro-batch i: each device keeps its own rows (no reshuffle).
+            micro_batches = jax.tree.map(
+                lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+            def body(carry, xs):
+                i, mb = xs
+                out = micro(i, mb)
+                return jax.tree.map(jnp.add, carry, out), None
+
+            zero = (jnp.zeros(()), jnp.zeros(()), jnp.zeros(()),
+                    jax.tree.map(jnp.zeros_like, state.params))
+            (loss, w, correct, grads), _ = jax.lax.scan(body, zero,
+                                                        (jnp.arange(k), micro_batches))
+        denom = jnp.where(w > 0, w, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        examples = jnp.sum(batch["weights"])
+        metrics = {
+            "loss": loss / denom,
+            "accuracy": correct / jnp.maximum(examples, 1.0),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "examples": examples,
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_model_step(model_def: ModelDef, num_labels: int
+                    ) -> Callable[[Params, Batch], dict[str, jax.Array]]:
+    """The one forward pass on a batch that is not training.
+
+    `counts` are additive per-class sums (padded rows weigh 0, so any batching gives the same
+    metrics); `probabilities` and `predicted` come from the same logits the counts use.
+    """
+
+    def model_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
+        logits = model_def.merge(params)(batch["input_ids"], batch["attention_mask"],
+                                         batch.get("token_type_ids"))
+        return {
+            "counts": metrics_lib.batch_counts(logits, batch["labels"], batch["weights"],
+                                               num_labels),
+            "logits": logits.astype(jnp.float32),
+            "probabilities": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+            "predicted": jnp.argmax(logits, axis=-1),
+            "index": batch["index"],
+        }
+
+    return model_step
+
+
+# --------------------------------------------------------------------------------------------
+# Jitted and sharded
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Host values (identical on every process) -> replicated global arrays."""
+    sharding = parallel.replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
+
+
+class Steps:
+    """The jitted steps of one model on one mesh.
+
+    `Steps(model_def, num_labels, mesh)` runs the model only (evaluation, prediction, export:
+    no optimizer is built); `train=config.train, total_steps=N` adds the optimizer, the train
+    step, the initial state and the abstract state (with shardings) that checkpoints restore to.
+    """
+
+    def __init__(self, model_def: ModelDef, num_labels: int, mesh: jax.sharding.Mesh, *,
+                 train: ml_collections.ConfigDict | None = None, total_steps: int = 0):
+        self.model_def, self.num_labels, self.mesh = model_def, num_labels, mesh
+        self.replicated = parallel.replicated(mesh)
+        self.data_sharding = parallel.data_sharded(mesh)
+        self.model_step = jax.jit(make_model_step(model_def, num_labels),
+                                  in_shardings=(self.replicated, self.data_sharding),
+                                  out_shardings=self.replicated)
+        if train is None:
+            return
+        self.schedule = make_schedule(train, total_steps)
+        self.tx = make_optimizer(train, self.schedule)
+        seed = train.seed
+
+        def init(params):
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=self.tx.init(params),
+                              rng=jax.random.key_data(jax.random.key(seed)))
+
+        abstract = jax.eval_shape(init, model_def.abstract_params())
+        self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract, self.state_sharding)
+        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        step = make_train_step(model_def, self.tx, self.schedule, num_labels=num_labels,
+                               grad_accum_steps=train.grad_accum_steps,
+                               label_smoothing=train.label_smoothing,
+                               class_weights=tuple(train.class_weights))
+        self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.data_sharding),
+                                  out_shardings=(self.state_sharding, self.replicated),
+                                  donate_argnums=0)
+
+    def init_state(self, params: Params) -> TrainState:
+        """A fresh train state (step 0, new optimizer moments) from these parameters."""
+        return self._init(replicate(jax.device_get(params), self.mesh))
+
+    def place(self, params: Params) -> Params:
+        """Parameters replicated over the mesh, ready for `run`."""
+        return replicate(jax.device_get(params), self.mesh)
+
+    def run(self, params: Params, batches: Iterable[batching.Batch]
+            ) -> Iterator[dict[str, jax.Array]]:
+        """`model_step` over host batches (sharded and prefetched in a background thread)."""
+        with batching.prefetch(iter(batches), 2,
+                               lambda b: batching.shard_batch(b, self.data_sharding)) as it:
+            for batch in it:
+                yield self.model_step(params, batch)
+
+    def evaluate(self, params: Params, batches: Iterable[batching.Batch],
+                 label_names: list[str]) -> dict[str, Any]:
+        """Every metric of `metrics.compute_metrics` from the summed counts of `batches`."""
+        counts = None
+        for out in self.run(params, batches):
+            c = out["counts"]
+            counts = c if counts is None else metrics_lib.add_counts(counts, c)
+        if counts is None:
+            raise UserError("evaluation split is empty")
+        return metrics_lib.compute_metrics(jax.device_get(counts), label_names)
