@@ -61,6 +61,20 @@ def define_run_config(argv: list[str]) -> ml_collections.ConfigDict | None:
     return saved
 
 
+def define_workdir_flags(*, required: bool = True) -> ml_collections.ConfigDict | None:
+    """`--workdir DIR [--step N | --best]` and the run's config as `--config` (see
+    `define_run_config`, whose result this returns) for scripts that read a training run."""
+    flags.DEFINE_string("workdir", None, "A training workdir.", required=required)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_bool("best", None, "The best checkpoint by the run's eval metric.")
+    flags.mark_flags_as_mutual_exclusive(["step", "best"])
+    return define_run_config(sys.argv[1:])
+
+
+def checkpoint_step() -> int | str | None:
+    return "best" if flags.FLAGS.best else flags.FLAGS.step
+
+
 def run_overrides(saved: ml_collections.ConfigDict | None) -> dict[str, Any]:
     """Phase two: {'data.KEY': value, ...} for every `--config.*` value that differs."""
     if saved is None:
@@ -75,15 +89,20 @@ def _parse_flags(argv: list[str]) -> list[str]:
         fail(str(e))
 
 
-def run(main: Callable[[list[str]], None], *, config_flag: str | None = None) -> None:
-    """absl's `app.run(main)`, with a bad flag, a missing or unloadable config file and any
-    `UserError` reported as one line (exit 2) instead of a traceback."""
+def run(main: Callable[[list[str]], None], *, config_flag: str | None = None,
+        positional: bool = False) -> None:
+    """absl's `app.run(main)` with console logging, and a bad flag, an unexpected argument
+    (unless `positional`), a missing or unloadable config file and any `UserError` reported as
+    one line (exit 2) instead of a traceback."""
     if config_flag is not None:
         path = flag_value(sys.argv[1:], config_flag)
         if path is not None and not Path(path.split(":", 1)[0]).is_file():
             fail(f"--{config_flag} {path.split(':', 1)[0]}: no such file")
 
     def guarded(argv: list[str]) -> None:
+        if len(argv) > 1 and not positional:
+            fail(f"unexpected arguments: {argv[1:]}")
+        setup_logging()
         try:
             main(argv)
         except UserError as e:

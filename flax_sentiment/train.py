@@ -221,16 +221,7 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     check_max_length(config, bundle.config)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
         log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
-    splits = data.load_data(config.data, bundle.tokenizer)
-    n_proc, pid = jax.process_count(), jax.process_index()
-    train_iter = batching.TrainIterator(splits.train, t.batch_size, splits.buckets, seed=t.seed,
-                                        pad_id=splits.pad_id, process_index=pid,
-                                        process_count=n_proc)
-    eval_batches = None
-    if splits.eval is not None and len(splits.eval):
-        eval_batches = batching.EvalBatches(
-            splits.eval, parallel.round_up(config.eval.batch_size, mesh.devices.size),
-            splits.buckets, pad_id=splits.pad_id, process_index=pid, process_count=n_proc)
+    splits, train_iter, eval_batches = _load_data(config, bundle.tokenizer, mesh)
     total = (t.max_steps if t.max_steps > 0
              else math.ceil(t.num_epochs * train_iter.steps_per_epoch))
 
@@ -259,12 +250,30 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     if parallel.is_main_process():
         wd.write_run_files(config, bundle.tokenizer)
     log.info("%d train examples, %d steps/epoch, %d steps in all; %d device(s), %d process(es)",
-             len(splits.train), train_iter.steps_per_epoch, total, mesh.devices.size, n_proc)
+             len(splits.train), train_iter.steps_per_epoch, total, mesh.devices.size,
+             jax.process_count())
     loop.bar = _progress_bar(total, loop.step, parallel.is_main_process())
     batches = batching.prefetch(train_iter, 2,
                                 lambda b: batching.shard_batch(b, steps.data_sharding))
     loop.data_state = batches.get_state()
     return loop, batches
+
+
+def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh
+               ) -> tuple[data.Data, batching.TrainIterator, batching.EvalBatches | None]:
+    """Tokenized splits, the resumable train iterator and the eval batches (this process's
+    rows of each global batch)."""
+    splits = data.load_data(config.data, tokenizer)
+    n_proc, pid = jax.process_count(), jax.process_index()
+    train_iter = batching.TrainIterator(splits.train, config.train.batch_size, splits.buckets,
+                                        seed=config.train.seed, pad_id=splits.pad_id,
+                                        process_index=pid, process_count=n_proc)
+    eval_batches = None
+    if splits.eval is not None and len(splits.eval):
+        eval_batches = batching.EvalBatches(
+            splits.eval, parallel.round_up(config.eval.batch_size, mesh.devices.size),
+            splits.buckets, pad_id=splits.pad_id, process_index=pid, process_count=n_proc)
+    return splits, train_iter, eval_batches
 
 
 def _train(loop: Loop, hooks: list[Hook], batches: Iterator[Any], stop: StopRequest

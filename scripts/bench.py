@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from flax_sentiment import batching, cli, parallel  # noqa: E402
 from flax_sentiment import data as data_lib  # noqa: E402
@@ -615,8 +615,6 @@ def parse_args() -> types.SimpleNamespace:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="fs_bench_") as tmp:
         args.tmp = tmp

@@ -8,7 +8,6 @@ override the run's config, e.g. --config.data.name_or_path=../shared/data/sst2 -
 keys that would change the model, its labels or its tokenization are refused.
 """
 
-import sys
 from pathlib import Path
 
 from absl import flags
@@ -16,24 +15,17 @@ from absl import flags
 from flax_sentiment import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_bool("best", None, "The best checkpoint by the run's eval metric.")
 flags.DEFINE_string("split", None, "Split to evaluate (default: data.eval_split).")
 flags.DEFINE_string("output", None, "Folder for the JSON and plots (default: the workdir).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the run's).")
 flags.DEFINE_bool("plots", True, "Write the PNG plots (--noplots: only the JSON).")
-flags.mark_flags_as_mutual_exclusive(["step", "best"])
-SAVED = cli.define_run_config(sys.argv[1:])
+SAVED = cli.define_workdir_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-    cli.setup_logging()
     from flax_sentiment.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(FLAGS.workdir, step="best" if FLAGS.best else FLAGS.step,
+    report = evaluate_checkpoint(FLAGS.workdir, step=cli.checkpoint_step(),
                                  overrides=cli.run_overrides(SAVED), split=FLAGS.split,
                                  dtype=FLAGS.dtype)
     output = Path(report.workdir if FLAGS.output is None else FLAGS.output)

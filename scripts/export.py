@@ -8,35 +8,27 @@ PyTorch accuracy on a whole split of the run's data (`--config.data.*` chooses o
 """
 
 import json
-import sys
 
 from absl import flags
 
 from flax_sentiment import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training workdir (holds checkpoints/).", required=True)
 flags.DEFINE_string("output", None, "Folder to write.", required=True)
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_bool("best", None, "The best checkpoint by the run's eval metric.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Storage dtype.")
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty OUT.")
 flags.DEFINE_float("tolerance", 1e-4, "Max abs logit difference allowed (float32; scaled for "
                    "16-bit storage).")
 flags.DEFINE_string("compare_split", None, "Also report JAX vs PyTorch accuracy on this split.")
-flags.mark_flags_as_mutual_exclusive(["step", "best"])
-SAVED = cli.define_run_config(sys.argv[1:])
+SAVED = cli.define_workdir_flags()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-    cli.setup_logging()
     from flax_sentiment.config import with_overrides
     from flax_sentiment.export import compare_on_split, export_hf
     from flax_sentiment.workdir import load_run
 
-    run = load_run(FLAGS.workdir, "best" if FLAGS.best else FLAGS.step, dtype="float32")
+    run = load_run(FLAGS.workdir, cli.checkpoint_step(), dtype="float32")
     config = with_overrides(run.config, cli.run_overrides(SAVED))
     report = export_hf(run.model, run.arch, run.hf_config, run.tokenizer, run.label_names,
                        FLAGS.output, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite,

@@ -12,17 +12,13 @@ from absl import flags
 from flax_sentiment import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training workdir.")
 flags.DEFINE_string("model", None, "A Hugging Face classifier folder (e.g. an export), hub id "
                     "or pip:PACKAGE/folder.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_bool("best", None, "The best checkpoint by the run's eval metric.")
 flags.DEFINE_string("file", None, "Texts, one per line ('-' = stdin).")
 flags.DEFINE_bool("json", False, "JSON lines output.")
 flags.DEFINE_integer("batch_size", 32, "Texts per batch.")
+SAVED = cli.define_workdir_flags(required=False)
 flags.mark_flags_as_mutual_exclusive(["workdir", "model"], required=True)
-flags.mark_flags_as_mutual_exclusive(["step", "best"])
-SAVED = cli.define_run_config(sys.argv[1:])
 
 
 def _texts(argv: list[str]) -> list[str]:
@@ -38,12 +34,11 @@ def _texts(argv: list[str]) -> list[str]:
 
 
 def main(argv):
-    cli.setup_logging()
     from flax_sentiment.predict import Classifier
 
     texts = _texts(argv)
     if FLAGS.workdir:
-        clf = Classifier.from_workdir(FLAGS.workdir, "best" if FLAGS.best else FLAGS.step,
+        clf = Classifier.from_workdir(FLAGS.workdir, cli.checkpoint_step(),
                                       overrides=cli.run_overrides(SAVED),
                                       batch_size=FLAGS.batch_size)
     else:
@@ -57,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, positional=True)

@@ -3,7 +3,7 @@
 Running it again with the same workdir resumes from the latest checkpoint.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from flax_sentiment import cli
@@ -15,9 +15,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.setup_logging()
     from flax_sentiment.train import train_and_evaluate
 
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
