@@ -15,6 +15,10 @@ import ml_collections
 from flax_sentiment.batching import DEFAULT_BUCKETS
 from flax_sentiment.errors import UserError
 
+# The scalar metrics of `metrics.compute_metrics`, any of which can be `eval.metric`.
+SCALAR_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                  "precision_weighted", "recall_weighted", "f1_weighted", "loss", "ece")
+
 
 def default_data_config() -> ml_collections.ConfigDict:
     """The `data` section every config starts from (SST-2 style defaults)."""
@@ -95,6 +99,23 @@ def base_config() -> ml_collections.ConfigDict:
     # bucket shapes. '' = off.
     c.compilation_cache_dir = "~/.cache/flax_sentiment/xla"
 
+    # Hyperparameter search (scripts/sweep.py). `space` mirrors the config: each leaf names a
+    # key to search with {low, high[, log]} (a number range) or {choices}.
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.trials = 16  # finished (complete or pruned) trials, over all workers
+    c.sweep.sampler = "tpe"  # tpe | random
+    c.sweep.seed = 0
+    c.sweep.pruner = "median"  # median | hyperband | none
+    c.sweep.pruner_startup_trials = 2  # median: trials that are never pruned, to compare with
+    c.sweep.keep = 3  # trials that keep their checkpoints (the best by eval.metric)
+    c.sweep.test_split = "test"  # where the best trial is also evaluated ('' = nowhere)
+    c.sweep.space = ml_collections.ConfigDict({"train": {
+        "learning_rate": {"low": 1e-5, "high": 3e-4, "log": True},
+        "batch_size": {"choices": (16, 32, 64)},
+        "warmup_ratio": {"low": 0.0, "high": 0.2},
+        "weight_decay": {"low": 0.0, "high": 0.1},
+    }})
+
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = ""  # host:port of process 0 ('' = single process/TPU)
     c.distributed.num_processes = 0
@@ -153,6 +174,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be > 0")
     need(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
     need(e.metric_mode in ("max", "min"), "eval.metric_mode", e.metric_mode, "must be max or min")
+    need(e.metric in SCALAR_METRICS, "eval.metric", e.metric,
+         f"must be a computed metric: {', '.join(SCALAR_METRICS)}")
     need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,12 @@ class Report:
     probabilities: np.ndarray = dataclasses.field(repr=False)  # float32 [N, num_labels]
     labels: np.ndarray = dataclasses.field(repr=False)  # int32 [N]
     same_data_as_run: bool = True  # False when data.name_or_path was overridden
+    ensemble: list[str] | None = None  # the workdirs averaged, for an ensemble
 
     @property
     def stem(self) -> str:
         """File-name stem for this evaluation, e.g. `eval_validation_step1200`."""
-        parts = ["eval"]
+        parts = ["eval"] + (["ensemble"] if self.ensemble else [])
         if not self.same_data_as_run:
             parts.append(_slug(Path(self.dataset.rstrip("/")).stem or self.dataset))
         parts += [_slug(self.split), f"step{self.step}"]
@@ -61,6 +62,8 @@ class Report:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {**self.metrics, "step": self.step, "split": self.split,
                    "dataset": self.dataset, "workdir": str(self.workdir)}
+        if self.ensemble:
+            payload["ensemble"] = self.ensemble
         path.write_text(json.dumps(payload, indent=2) + "\n")
         return path
 
@@ -162,6 +165,36 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
                   workdir=run.workdir, dataset=dataset,
                   probabilities=probabilities, labels=np.asarray(examples.labels, np.int32),
                   same_data_as_run=dataset == str(run.config.data.name_or_path))
+
+
+def evaluate_ensemble(workdirs: Sequence[str | Path], *, step: int | str | None = None,
+                      **kwargs: Any) -> Report:
+    """The ensemble of several runs (e.g. seeds): each run's probabilities on the same split,
+    averaged, scored like one model. `kwargs` as for `evaluate_checkpoint`."""
+    if not workdirs:
+        raise UserError("an ensemble needs at least one workdir")
+    reports = [evaluate_checkpoint(w, step=step, **kwargs) for w in workdirs]
+    first = reports[0]
+    for r in reports[1:]:
+        if r.label_names != first.label_names or not np.array_equal(r.labels, first.labels):
+            raise UserError(f"{r.workdir} and {first.workdir} do not share labels and split "
+                            f"rows: they cannot be ensembled")
+    probabilities = np.mean([r.probabilities for r in reports], axis=0).astype(np.float32)
+    num_labels = len(first.label_names)
+    counts = metrics_lib.batch_counts(np.log(np.maximum(probabilities, 1e-30)), first.labels,
+                                      np.ones(len(first.labels), np.float32), num_labels)
+    metrics = metrics_lib.compute_metrics(jax.device_get(counts), first.label_names)
+    predicted = probabilities.argmax(-1).astype(np.int32)
+    frame = first.predictions.copy()
+    names = np.asarray(first.label_names, dtype=object)
+    frame["predicted"] = names[predicted]
+    frame["confidence"] = probabilities[np.arange(len(predicted)), predicted]
+    frame["correct"] = predicted == first.labels
+    for i, name in enumerate(first.label_names):
+        frame[f"p_{name}"] = probabilities[:, i]
+    return dataclasses.replace(first, metrics=metrics, predictions=frame,
+                               probabilities=probabilities,
+                               ensemble=[str(r.workdir) for r in reports])
 
 
 def _predictions_frame(examples: data_lib.TokenizedSplit, probabilities: np.ndarray,

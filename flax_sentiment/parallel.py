@@ -99,3 +99,24 @@ def compilation_cache(directory: str) -> Iterator[None]:
     finally:
         jax.config.update("jax_compilation_cache_dir", None)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compile_timer() -> Iterator[dict[str, float]]:
+    """{'seconds', 'programs'} XLA spent compiling while inside (persistent-cache hits, which
+    load instead of compiling, are not counted)."""
+    totals = {"seconds": 0.0, "programs": 0}
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == COMPILE_EVENT:
+            totals["seconds"] += duration
+            totals["programs"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield totals
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -44,24 +44,52 @@ def decay_mask(params: Params) -> dict[str, bool]:
     return {name: not name.endswith((".bias", ".scale")) for name in params}
 
 
-def make_schedule(t: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def hyperparameters(t: ml_collections.ConfigDict, total_steps: int, num_labels: int
+                    ) -> dict[str, np.ndarray]:
+    """The train step's numeric hyperparameters. They enter the jitted step as arguments, not
+    constants, so runs that differ only in them (the trials of a sweep) share one compiled
+    program."""
     warmup = t.warmup_steps if t.warmup_steps > 0 else int(round(t.warmup_ratio * total_steps))
     warmup = min(warmup, max(total_steps - 1, 0))
-    lr = t.learning_rate
-    if t.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, 1), 0.0)
-    decay = (optax.constant_schedule(lr) if t.schedule == "constant"
-             else optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1)))
-    if warmup == 0:
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+    weights = tuple(t.class_weights) if len(t.class_weights) else (1.0,) * num_labels
+    return {"learning_rate": np.float32(t.learning_rate), "warmup_steps": np.float32(warmup),
+            "total_steps": np.float32(max(total_steps, 1)),
+            "weight_decay": np.float32(t.weight_decay),
+            "label_smoothing": np.float32(t.label_smoothing),
+            "class_weights": np.asarray(weights, np.float32)}
 
 
-def make_optimizer(t: ml_collections.ConfigDict, schedule: optax.Schedule
+def schedule_value(kind: str, h: dict[str, Any], count: jax.Array) -> jax.Array:
+    """Learning rate at `count`: linear warmup from 0, then linear/cosine decay to 0 at the
+    last step, or constant (optax's warmup schedules, with traced lengths)."""
+    lr, warmup, total = h["learning_rate"], h["warmup_steps"], h["total_steps"]
+    count = jnp.asarray(count, jnp.float32)
+    rising = lr * jnp.clip(count, 0, warmup) / jnp.maximum(warmup, 1.0)
+    if kind == "cosine":
+        span = jnp.maximum(total - warmup, 1.0)
+        done = jnp.clip(count - warmup, 0, span) / span
+        after = lr * 0.5 * (1 + jnp.cos(jnp.pi * done))
+    elif kind == "constant":
+        after = lr
+    else:
+        span = jnp.maximum(total - warmup, 1.0)
+        after = lr * (1 - jnp.clip(count - warmup, 0, span) / span)
+    return jnp.where(count < warmup, rising, after)
+
+
+def make_schedule(t: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """`schedule_value` for this config's values (for logging and tests)."""
+    h = hyperparameters(t, total_steps, 1)
+    return lambda count: schedule_value(t.schedule, h, count)
+
+
+def make_optimizer(t: ml_collections.ConfigDict, h: dict[str, Any]
                    ) -> optax.GradientTransformation:
+    """AdamW with clipping; the learning rate and weight decay come from `h` (traced)."""
     parts = [optax.clip_by_global_norm(t.max_grad_norm)] if t.max_grad_norm > 0 else []
-    parts.append(optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
-                             weight_decay=t.weight_decay, mask=decay_mask))
+    parts.append(optax.adamw(lambda count: schedule_value(t.schedule, h, count),
+                             b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+                             weight_decay=h["weight_decay"], mask=decay_mask))
     return optax.chain(*parts)
 
 
@@ -70,7 +98,7 @@ def make_optimizer(t: ml_collections.ConfigDict, schedule: optax.Schedule
 
 
 def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, *,
-             num_labels: int, label_smoothing: float, class_weights: jax.Array
+             num_labels: int, label_smoothing: float | jax.Array, class_weights: jax.Array
              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Sum (not mean) of weighted cross-entropy, so micro-batches add up to the full batch.
 
@@ -85,7 +113,7 @@ def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, 
     labels = batch["labels"]
     w_y = class_weights[labels]
     ce = w_y * jnp.take_along_axis(nll, labels[:, None], axis=-1)[:, 0]
-    if label_smoothing:
+    if not isinstance(label_smoothing, int | float) or label_smoothing:  # traced: always
         smooth = jnp.sum(nll * class_weights, axis=-1) / num_labels
         ce = (1.0 - label_smoothing) * ce + label_smoothing * smooth
     w = batch["weights"] * w_y
@@ -93,23 +121,24 @@ def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, 
     return jnp.sum(batch["weights"] * ce), (jnp.sum(w), jnp.sum(correct))
 
 
-def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, num_labels: int, grad_accum_steps: int = 1,
-                    label_smoothing: float = 0.0, class_weights: Any = ()
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Batch]]:
-    cw = jnp.asarray(class_weights if len(class_weights) else [1.0] * num_labels, jnp.float32)
+def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_labels: int
+                    ) -> Callable[[TrainState, Batch, dict[str, jax.Array]],
+                                  tuple[TrainState, Batch]]:
+    """`train_step(state, batch, h)`; `h` = `hyperparameters(...)`, arguments of the step."""
     grad_fn = jax.value_and_grad(loss_sum, argnums=1, has_aux=True)
-    k = grad_accum_steps
+    k = t.grad_accum_steps
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
+    def train_step(state: TrainState, batch: Batch, h: dict[str, jax.Array]
+                   ) -> tuple[TrainState, Batch]:
+        tx = make_optimizer(t, h)
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def micro(i, mb):
             rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(step_rng), i))
             (loss, (w, correct)), grads = grad_fn(model_def, state.params, mb, rng,
                                                   num_labels=num_labels,
-                                                  label_smoothing=label_smoothing,
-                                                  class_weights=cw)
+                                                  label_smoothing=h["label_smoothing"],
+                                                  class_weights=h["class_weights"])
             return loss, w, correct, grads
 
         if k == 1:
@@ -138,7 +167,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
             "accuracy": correct / jnp.maximum(examples, 1.0),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
-            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "learning_rate": schedule_value(t.schedule, h, state.step),
             "examples": examples,
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -202,8 +231,8 @@ class Steps:
                                   out_shardings=self.replicated)
         if train is None:
             return
-        self.schedule = make_schedule(train, total_steps)
-        self.tx = make_optimizer(train, self.schedule)
+        self.hparams = replicate(hyperparameters(train, total_steps, num_labels), mesh)
+        self.tx = make_optimizer(train, self.hparams)  # its state's structure; values unused
         seed = train.seed
 
         def init(params):
@@ -217,13 +246,14 @@ class Steps:
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        step = make_train_step(model_def, self.tx, self.schedule, num_labels=num_labels,
-                               grad_accum_steps=train.grad_accum_steps,
-                               label_smoothing=train.label_smoothing,
-                               class_weights=tuple(train.class_weights))
-        self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.data_sharding),
-                                  out_shardings=(self.state_sharding, self.replicated),
-                                  donate_argnums=0)
+        self.train_step_jit = jax.jit(
+            make_train_step(model_def, train, num_labels=num_labels),
+            in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
+        """The jitted `train_step(state, batch, hparams)` with this run's hyperparameters."""
+        return self.train_step_jit(state, batch, self.hparams)
 
     def init_state(self, params: Params) -> TrainState:
         """A fresh train state (step 0, new optimizer moments) from these parameters."""

@@ -186,7 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Workdir
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     wd.check_usable()
     parallel.initialize_distributed(config)
-    with parallel.compilation_cache(config.compilation_cache_dir):
+    with parallel.compilation_cache(config.compilation_cache_dir), \
+            parallel.compile_timer() as compiled:
         loop, batches = _prepare(config, wd)
         before, after = default_hooks(config)
         try:
@@ -195,7 +196,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Workdir
         finally:
             loop.bar.close()
             batches.close()
-        return _finish(loop, reason, interrupted)
+        results = _finish(loop, reason, interrupted)
+    log.info("XLA compiled %d programs in %.1f s (programs found in the compilation cache are "
+             "loaded, not compiled)", compiled["programs"], compiled["seconds"])
+    results["compile_seconds"] = round(compiled["seconds"], 3)
+    return results
 
 
 def _prepare(config: ml_collections.ConfigDict, wd: Workdir

@@ -219,7 +219,8 @@ class Ours:
         self.batch = batching.shard_batch(batch, self.trainer.data_sharding)
         self.state = self.trainer.init_state(params)
         t0 = time.perf_counter()
-        lowered = self.trainer.train_step.lower(self.state, self.batch)
+        lowered = self.trainer.train_step_jit.lower(self.state, self.batch,
+                                                   self.trainer.hparams)
         compiled = lowered.compile()
         self.compile_s = time.perf_counter() - t0
         self.xla_flops = xla_flops(compiled)

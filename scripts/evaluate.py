@@ -1,5 +1,5 @@
 """python scripts/evaluate.py --workdir DIR [--step N | --best] [--split S] [--output FOLDER]
-                            [--config.data.KEY=VALUE | --config.eval.KEY=VALUE ...]
+                            [--ensemble DIR2,DIR3] [--config.data.KEY=VALUE ...]
 
 Evaluates a saved checkpoint (default: the latest) on a split (default: the run's
 data.eval_split), prints the report, and writes eval_<split>_step<N>.json (the eval_results.json
@@ -19,15 +19,21 @@ flags.DEFINE_string("split", None, "Split to evaluate (default: data.eval_split)
 flags.DEFINE_string("output", None, "Folder for the JSON and plots (default: the workdir).")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the run's).")
 flags.DEFINE_bool("plots", True, "Write the PNG plots (--noplots: only the JSON).")
+flags.DEFINE_list("ensemble", [], "More workdirs: evaluate the ensemble (averaged "
+                  "probabilities) of --workdir and these, e.g. the runs of several seeds.")
 SAVED = cli.define_workdir_flags()
 
 
 def main(argv):
-    from flax_sentiment.evaluate import evaluate_checkpoint
+    from flax_sentiment.evaluate import evaluate_checkpoint, evaluate_ensemble
 
-    report = evaluate_checkpoint(FLAGS.workdir, step=cli.checkpoint_step(),
-                                 overrides=cli.run_overrides(SAVED), split=FLAGS.split,
-                                 dtype=FLAGS.dtype)
+    options = dict(step=cli.checkpoint_step(), overrides=cli.run_overrides(SAVED),
+                   split=FLAGS.split, dtype=FLAGS.dtype)
+    if FLAGS.ensemble:
+        report = evaluate_ensemble([FLAGS.workdir, *FLAGS.ensemble], **options)
+        print(f"ensemble of {', '.join(report.ensemble)}")
+    else:
+        report = evaluate_checkpoint(FLAGS.workdir, **options)
     output = Path(report.workdir if FLAGS.output is None else FLAGS.output)
     print(f"{report.workdir} step {report.step}, split {report.split!r} of "
           f"{report.dataset}:\n")

@@ -169,8 +169,8 @@ def test_nan_state_is_never_saved_nor_called_good(run_setup, tmp_path, monkeypat
     def poisoned(*args, **kwargs):
         step_fn = real(*args, **kwargs)
 
-        def train_step(state, batch):
-            state, metrics = step_fn(state, batch)
+        def train_step(state, batch, hparams):
+            state, metrics = step_fn(state, batch, hparams)
             bad = state.step == nan_step
             params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
             return (state.replace(params=params),
