@@ -202,6 +202,14 @@ def make_model_step(model_def: ModelDef, num_labels: int
 # Jitted and sharded
 
 
+# The config keys the train step's program depends on (`hyperparameters` are arguments).
+STATIC_TRAIN_KEYS = ("schedule", "adam_b1", "adam_b2", "adam_eps", "max_grad_norm",
+                     "grad_accum_steps")
+# Jitted steps by (model structure, labels, mesh[, static train keys]): a second run of the same
+# model in this process (a sweep's next trial) reuses the compiled programs, with no load.
+_JITTED: dict[tuple, Any] = {}
+
+
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Host values (identical on every process) -> replicated global arrays."""
     sharding = parallel.replicated(mesh)
@@ -226,9 +234,13 @@ class Steps:
         self.model_def, self.num_labels, self.mesh = model_def, num_labels, mesh
         self.replicated = parallel.replicated(mesh)
         self.data_sharding = parallel.data_sharded(mesh)
-        self.model_step = jax.jit(make_model_step(model_def, num_labels),
-                                  in_shardings=(self.replicated, self.data_sharding),
-                                  out_shardings=self.replicated)
+        key = (model_def.key(), num_labels, mesh)
+        if ("model", *key) not in _JITTED:
+            _JITTED[("model", *key)] = jax.jit(
+                make_model_step(model_def, num_labels),
+                in_shardings=(self.replicated, self.data_sharding),
+                out_shardings=self.replicated)
+        self.model_step = _JITTED[("model", *key)]
         if train is None:
             return
         self.hparams = replicate(hyperparameters(train, total_steps, num_labels), mesh)
@@ -246,10 +258,13 @@ class Steps:
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        self.train_step_jit = jax.jit(
-            make_train_step(model_def, train, num_labels=num_labels),
-            in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
-            out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+        static = tuple(train[k] for k in STATIC_TRAIN_KEYS)
+        if ("train", *key, static) not in _JITTED:
+            _JITTED[("train", *key, static)] = jax.jit(
+                make_train_step(model_def, train, num_labels=num_labels),
+                in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
+                out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+        self.train_step_jit = _JITTED[("train", *key, static)]
 
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
         """The jitted `train_step(state, batch, hparams)` with this run's hyperparameters."""

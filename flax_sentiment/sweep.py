@@ -322,8 +322,9 @@ class Sweep:
             except FileNotFoundError:
                 continue
             self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            log.warning("trial %d died (pid %s on %s); it is resumed from its checkpoint as a "
-                        "new trial", t.number, lease.get("pid"), lease.get("host"))
+            log.warning("trial %d died (pid %s on %s); a new trial continues it in %s, from "
+                        "its newest checkpoint if it saved one", t.number, lease.get("pid"),
+                        lease.get("host"), folder)
             self.study.enqueue_trial(t.params, user_attrs={"workdir": str(folder),
                                                            "resumes": t.number,
                                                            "origin": t.user_attrs.get(

@@ -197,8 +197,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Workdir
             loop.bar.close()
             batches.close()
         results = _finish(loop, reason, interrupted)
-    log.info("XLA compiled %d programs in %.1f s (programs found in the compilation cache are "
-             "loaded, not compiled)", compiled["programs"], compiled["seconds"])
+    log.info("XLA: %d new programs in %.1f s (%d of them loaded from the compilation cache; "
+             "programs this process already has cost nothing)", compiled["programs"],
+             compiled["seconds"], compiled["cached"])
     results["compile_seconds"] = round(compiled["seconds"], 3)
     return results
 

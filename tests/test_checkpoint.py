@@ -179,6 +179,7 @@ def test_nan_state_is_never_saved_nor_called_good(run_setup, tmp_path, monkeypat
         return train_step
 
     monkeypatch.setattr(steps, "make_train_step", poisoned)
+    monkeypatch.setattr(steps, "_JITTED", {})  # no step compiled by an earlier test
     root = run_setup["root"]
     config = tiny_config(root / "model", root / "sst2", **{
         "train.log_every_steps": 4, "checkpoint.every_steps": 1, "eval.every_steps": 0,

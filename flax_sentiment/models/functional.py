@@ -30,6 +30,11 @@ class ModelDef:
         return {".".join(str(p) for p in path): var.get_value()
                 for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
+    def key(self) -> tuple:
+        """Hashable structure: equal for two models of the same architecture and shapes."""
+        return (self.graphdef, tuple((n, t.shape, str(t.dtype))
+                                     for n, t in zip(self.names, self._templates, strict=True)))
+
     def abstract_params(self) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes and dtypes of the parameters, by name (what a checkpoint restores into)."""
         return {name: jax.ShapeDtypeStruct(t.shape, t.dtype)
