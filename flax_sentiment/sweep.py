@@ -507,6 +507,19 @@ def run_seeds(config: ml_collections.ConfigDict, folder: str | Path, seeds: int
     ensemble = evaluate_ensemble(workdirs)
     summary["ensemble"] = {k: ensemble.metrics[k] for k in ("accuracy", "f1_macro", "loss")}
     summary["workdirs"] = [str(w) for w in workdirs]
+    split = str(config.sweep.test_split)
+    if split:  # the same final models on a split nothing was chosen on
+        try:
+            tested = evaluate_ensemble(workdirs, split=split)
+        except UserError as e:
+            log.warning("not evaluated on %r: %s", split, e)
+        else:
+            from flax_sentiment.evaluate import evaluate_checkpoint
+
+            each = [evaluate_checkpoint(w, split=split).metrics for w in workdirs]
+            summary["test"] = {"split": split, **seed_summary(each),
+                               "ensemble": {k: tested.metrics[k]
+                                            for k in ("accuracy", "f1_macro", "loss")}}
     (folder / "seeds.json").write_text(json.dumps(summary, indent=2))
     print(format_seed_summary(summary))
     return summary
@@ -535,5 +548,8 @@ def format_seed_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"  ensemble         accuracy {e['accuracy']:.4f}, f1_macro "
                      f"{e['f1_macro']:.4f} (averaged probabilities of the {summary['seeds']} "
                      "models)")
+    if "test" in summary:
+        lines.append(f"on {summary['test']['split']!r}:")
+        lines += format_seed_summary(summary["test"]).splitlines()[1:]
     return "\n".join(lines)
 
