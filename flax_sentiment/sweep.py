@@ -204,11 +204,12 @@ class Sweep:
         if not parallel.is_main_process():
             return  # only process 0 talks to Optuna
         self.storage = self._storage(storage)
-        existing = len(self.storage.get_all_studies())
         self.study = optuna.create_study(
             study_name=STUDY, storage=self.storage, load_if_exists=True,
             direction="maximize" if config.eval.metric_mode == "max" else "minimize",
-            sampler=self._sampler(existing), pruner=self._pruner())
+            pruner=self._pruner())
+        # A worker joining a study draws its own random start-up points.
+        self.study.sampler = self._sampler(len(self.study.trials))
 
     def _storage(self, url: str | None) -> Any:
         import optuna
@@ -225,13 +226,10 @@ class Sweep:
         path = str(self.folder / "study.journal")
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
-    def _sampler(self, existing: int) -> Any:
+    def _sampler(self, trials_so_far: int) -> Any:
         import optuna
 
-        # A worker joining a study draws its own random start-up points.
-        n = len(self.storage.get_all_trials(self.storage.get_study_id_from_name(STUDY))) \
-            if existing else 0
-        seed = int(self.config.sweep.seed) + n
+        seed = int(self.config.sweep.seed) + trials_so_far
         if self.config.sweep.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed)
