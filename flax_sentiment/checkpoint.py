@@ -88,6 +88,15 @@ class Checkpoints:
         return self.manager.restore(step, args=ocp.args.Composite(
             extra=ocp.args.JsonRestore()))["extra"]
 
+    def newest_extra(self) -> tuple[int, dict[str, Any]] | None:
+        """(step, extra) of the newest checkpoint whose JSON part reads, skipping damaged ones
+        as `restore` does; None when there is none."""
+        try:
+            s, restored = self._restore(None, ocp.args.Composite(extra=ocp.args.JsonRestore()))
+        except UserError:  # no checkpoints, or none readable
+            return None
+        return s, restored["extra"]
+
     def restore(self, abstract_state: Any, step: int | None = None
                 ) -> tuple[int, Any, dict[str, Any]]:
         """(step, state, extra) of `step`, or of the newest complete and readable checkpoint.

@@ -173,7 +173,11 @@ def evaluate_ensemble(workdirs: Sequence[str | Path], *, step: int | str | None 
     averaged, scored like one model. `kwargs` as for `evaluate_checkpoint`."""
     if not workdirs:
         raise UserError("an ensemble needs at least one workdir")
-    reports = [evaluate_checkpoint(w, step=step, **kwargs) for w in workdirs]
+    return ensemble_of([evaluate_checkpoint(w, step=step, **kwargs) for w in workdirs])
+
+
+def ensemble_of(reports: Sequence[Report]) -> Report:
+    """One report from several runs' reports on the same split: averaged probabilities."""
     first = reports[0]
     for r in reports[1:]:
         if r.label_names != first.label_names or not np.array_equal(r.labels, first.labels):

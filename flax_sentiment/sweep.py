@@ -507,15 +507,15 @@ def run_seeds(config: ml_collections.ConfigDict, folder: str | Path, seeds: int
     summary["workdirs"] = [str(w) for w in workdirs]
     split = str(config.sweep.test_split)
     if split:  # the same final models on a split nothing was chosen on
+        from flax_sentiment.evaluate import ensemble_of, evaluate_checkpoint
+
         try:
-            tested = evaluate_ensemble(workdirs, split=split)
+            each = [evaluate_checkpoint(w, split=split) for w in workdirs]
         except UserError as e:
             log.warning("not evaluated on %r: %s", split, e)
         else:
-            from flax_sentiment.evaluate import evaluate_checkpoint
-
-            each = [evaluate_checkpoint(w, split=split).metrics for w in workdirs]
-            summary["test"] = {"split": split, **seed_summary(each),
+            tested = ensemble_of(each)
+            summary["test"] = {"split": split, **seed_summary([r.metrics for r in each]),
                                "ensemble": {k: tested.metrics[k]
                                             for k in ("accuracy", "f1_macro", "loss")}}
     (folder / "seeds.json").write_text(json.dumps(summary, indent=2))

@@ -376,18 +376,11 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
 def resumable_step(checkpoints: Checkpoints, config: ml_collections.ConfigDict) -> int | None:
     """The newest checkpoint whose metadata reads, checked against `config`; damaged newer
     ones are skipped with a warning (never deleted: the next save at that step replaces them)."""
-    for step in checkpoints.all_steps()[::-1]:
-        try:
-            saved = checkpoints.restore_extra(step)["meta"]["config"]
-        except Exception as e:  # orbax raises many types for damaged files
-            checkpoints.damaged.add(step)
-            log.warning("checkpoint at step %d is incomplete or damaged (%s: %s); trying an "
-                        "older one", step, type(e).__name__, str(e).splitlines()[0][:200]
-                        if str(e) else "")
-            continue
-        check_resumable(saved, config)
-        return step
-    return None
+    found = checkpoints.newest_extra()
+    if found is None:
+        return None
+    check_resumable(found[1]["meta"]["config"], config)
+    return found[0]
 
 
 def check_max_length(config: ml_collections.ConfigDict, encoder: EncoderConfig) -> None:
