@@ -86,7 +86,7 @@ def materialize(split: TokenizedSplit, rows: np.ndarray, length: int, pad_id: in
         token_type_ids = np.zeros_like(input_ids)
     attention = mask.astype(np.int32)
     attention[~real, 0] = 1
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention,
         "token_type_ids": token_type_ids,
@@ -94,6 +94,10 @@ def materialize(split: TokenizedSplit, rows: np.ndarray, length: int, pad_id: in
         "weights": real.astype(np.float32),
         "index": np.where(real, rows, -1).astype(np.int32),
     }
+    if split.teacher_logits is not None:  # dummy rows: any finite values (weight 0)
+        batch["teacher_logits"] = np.where(real[:, None, None], split.teacher_logits[safe],
+                                           0.0).astype(np.float32)
+    return batch
 
 
 def padding_efficiency(lengths: np.ndarray, batch_size: int, buckets: Sequence[int]) -> float:

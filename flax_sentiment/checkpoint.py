@@ -7,6 +7,7 @@ config (label names, the checkpoint's Hugging Face config, the resolved run conf
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,16 @@ from flax_sentiment.errors import UserError
 log = logging.getLogger(__name__)
 
 ITEMS = ("state", "extra")
+
+
+def _tree(state: Any) -> Any:
+    """A dataclass state as the dict orbax stores, without its None fields: a field added
+    later as optional (TrainState.ema) changes nothing on disk while it is off, so older
+    checkpoints still restore."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+                if getattr(state, f.name) is not None}
+    return state
 
 
 class Checkpoints:
@@ -75,7 +86,7 @@ class Checkpoints:
         tracked = {self.metric: float(metrics[self.metric])} if metrics else None
         saved = self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(state)),
                                     extra=ocp.args.JsonSave(extra)),
             metrics=tracked,
             force=True,
@@ -106,23 +117,28 @@ class Checkpoints:
         short) is skipped with a warning, never deleted.
         """
         s, restored = self._restore(step, ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()))
-        return s, restored["state"], restored["extra"]
+            state=ocp.args.StandardRestore(_tree(abstract_state)), extra=ocp.args.JsonRestore()))
+        state = restored["state"]
+        if dataclasses.is_dataclass(abstract_state):
+            state = dataclasses.replace(abstract_state, **state)
+        return s, state, restored["extra"]
 
     def restore_params(self, abstract_params: dict[str, jax.ShapeDtypeStruct],
-                       sharding: jax.sharding.Sharding, step: int | None = None
+                       sharding: jax.sharding.Sharding, step: int | None = None, *,
+                       item: str = "params"
                        ) -> tuple[int, dict[str, jax.Array], dict[str, Any]]:
         """(step, params, extra) with the parameters alone read from disk (orbax partial
-        restore): evaluation, prediction and export need no optimizer state. Falls back past
-        damaged checkpoints as `restore` does."""
+        restore): evaluation, prediction and export need no optimizer state. `item="ema"`
+        reads the moving average instead. Falls back past damaged checkpoints as `restore`
+        does."""
         s, restored = self._restore(step, ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
-                item={"params": abstract_params},
-                restore_args={"params": {k: ocp.ArrayRestoreArgs(sharding=sharding)
-                                         for k in abstract_params}},
+                item={item: abstract_params},
+                restore_args={item: {k: ocp.ArrayRestoreArgs(sharding=sharding)
+                                     for k in abstract_params}},
                 partial_restore=True),
             extra=ocp.args.JsonRestore()))
-        return s, restored["state"]["params"], restored["extra"]
+        return s, restored["state"][item], restored["extra"]
 
     def _restore(self, step: int | None, args: Any) -> tuple[int, Any]:
         candidates = ([step] if step is not None

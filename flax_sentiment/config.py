@@ -61,6 +61,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Compute dtype: float32 | bfloat16 (parameters and optimizer state stay float32). bfloat16
     # pays on TPUs and recent GPUs; on the 2-core CPU of docs/BENCHMARKS.md it was 1.01x float32.
     c.model.dtype = "float32"
+    # Re-initialise the top k encoder layers and the head with the architecture's own
+    # initialisation (Zhang et al., ICLR 2021: helps small-data fine-tuning). 0 = off.
+    c.model.reinit_layers = 0
+    # Seed of every freshly initialised parameter (the head, re-initialised layers); apart from
+    # train.seed (data order, dropout), so runs of several seeds start from one model and their
+    # checkpoints can be averaged (scripts/average.py).
+    c.model.head_seed = 0
 
     c.data = default_data_config()
 
@@ -82,6 +89,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.class_weights = ()  # one weight per label, () = all 1
     c.train.seed = 0
     c.train.log_every_steps = 50
+    # Layer-wise learning-rate decay (ELECTRA): the head at train.learning_rate, layer i of L at
+    # layer_decay^(L - i), the embeddings at layer_decay^(L + 1). 1.0 = off.
+    c.train.layer_decay = 1.0
+    # An exponential moving average of the parameters (bias-corrected), kept in the train state
+    # and evaluated beside them (eval.weights picks which the run is judged by). 0 = off.
+    c.train.ema_decay = 0.0
+    # Distillation: workdirs or Hugging Face folders of trained classifiers with the same labels
+    # (several = an ensemble, their softened probabilities averaged). Their logits on the train
+    # split are computed once and cached in the workdir. () = off.
+    c.train.teacher = ()
+    c.train.distill_temperature = 2.0
+    c.train.distill_weight = 0.5  # of the KL term; 1 - weight on the labels' cross-entropy
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 500  # 0 = only at the end
@@ -89,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.metric = "accuracy"  # tracked for the best checkpoint and early stopping
     c.eval.metric_mode = "max"  # max | min
     c.eval.early_stopping_patience = 0  # evals without improvement before stopping; 0 = off
+    # The weights a run is judged by (best checkpoint, early stopping, eval_results.json) and
+    # that evaluate / predict / export load: raw | ema | auto (ema when train.ema_decay > 0).
+    c.eval.weights = "auto"
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 500  # 0 = only at the end (and at evals, for the best one)
@@ -188,6 +210,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(e.metric in SCALAR_METRICS, "eval.metric", e.metric,
          f"must be a computed metric: {', '.join(SCALAR_METRICS)}")
     need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
+    need(0 < option(t, "layer_decay", 1.0) <= 1, "train.layer_decay", t.get("layer_decay"),
+         "must be in (0, 1] (1 = off)")
+    need(0 <= option(t, "ema_decay", 0.0) < 1, "train.ema_decay", t.get("ema_decay"),
+         "must be in [0, 1) (0 = off)")
+    need(option(e, "weights", "auto") in ("auto", "raw", "ema"), "eval.weights",
+         e.get("weights"), "must be auto, raw or ema")
+    need(option(e, "weights", "auto") != "ema" or option(t, "ema_decay", 0.0) > 0,
+         "eval.weights", "ema", "needs train.ema_decay > 0 (the run keeps no average)")
+    need(option(config.model, "reinit_layers", 0) >= 0, "model.reinit_layers",
+         config.model.get("reinit_layers"), "must be >= 0")
+    teacher = option(t, "teacher", ())
+    need(isinstance(teacher, tuple | list) and all(isinstance(x, str) and x for x in teacher),
+         "train.teacher", teacher, "must be a tuple of workdirs or model folders, e.g. "
+         "--config.train.teacher='(\"runs/a\", \"runs/b\")'")
+    need(option(t, "distill_temperature", 1.0) > 0, "train.distill_temperature",
+         t.get("distill_temperature"), "must be > 0")
+    need(0 <= option(t, "distill_weight", 0.0) <= 1, "train.distill_weight",
+         t.get("distill_weight"), "must be in [0, 1]")
+
+
+def eval_weights(config: ml_collections.ConfigDict) -> str:
+    """'raw' or 'ema': the weights a run is judged by and that inference loads."""
+    choice = option(config.eval, "weights", "auto")
+    if choice == "auto":
+        return "ema" if option(config.train, "ema_decay", 0.0) > 0 else "raw"
+    return choice
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -51,6 +51,8 @@ class TokenizedSplit:
     rows: np.ndarray  # int64 [N]
     texts: Sequence[str]
     label_names: tuple[str, ...]
+    # Distillation targets: float32 [N, teachers, classes] logits, or None.
+    teacher_logits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -59,9 +61,10 @@ class TokenizedSplit:
         """A subset sharing the token store (no copy of the tokens)."""
         indices = np.asarray(indices, dtype=np.int64)
         texts = [self.texts[i] for i in indices]
+        teacher = None if self.teacher_logits is None else self.teacher_logits[indices]
         return replace(self, name=name or self.name, starts=self.starts[indices],
                        lengths=self.lengths[indices], labels=self.labels[indices],
-                       rows=self.rows[indices], texts=texts)
+                       rows=self.rows[indices], texts=texts, teacher_logits=teacher)
 
     def tokens(self, i: int) -> np.ndarray:
         return self.input_ids[self.starts[i]: self.starts[i] + self.lengths[i]]

@@ -120,8 +120,8 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
     or its tokenization are refused. `split` defaults to `data.eval_split`, `batch_size` to the
     run's `eval.batch_size` (the trainer's batches, so the same metrics as eval_results.json).
     """
-    run = load_run(workdir, step, dtype=dtype)
     changes = {**{f"data.{k}": v for k, v in dict(data or {}).items()}, **dict(overrides or {})}
+    run = load_run(workdir, step, dtype=dtype, weights=changes.get("eval.weights"))
     if batch_size is not None:
         changes["eval.batch_size"] = int(batch_size)
     config = with_overrides(run.config, changes)

@@ -76,7 +76,8 @@ class Classifier:
         from flax_sentiment.config import with_overrides
         from flax_sentiment.workdir import load_run
 
-        run = load_run(workdir, step, dtype=dtype)
+        run = load_run(workdir, step, dtype=dtype,
+                       weights=dict(overrides or {}).get("eval.weights"))
         d = with_overrides(run.config, overrides or {}).data
         options = dict(max_length=d.max_length, buckets=d.buckets, truncation=d.truncation,
                        head_tokens=d.head_tokens)
@@ -89,6 +90,14 @@ class Classifier:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """`[len(texts), num_labels]` probabilities, rows in input order."""
+        return self._outputs(texts, "probabilities")
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """`[len(texts), num_labels]` logits, rows in input order (a distillation teacher's
+        soft targets at any temperature come from these)."""
+        return self._outputs(texts, "logits")
+
+    def _outputs(self, texts: Sequence[str], key: str) -> np.ndarray:
         texts = list(texts)
         bad = next((t for t in texts if not isinstance(t, str)), texts)
         if bad is not texts:
@@ -104,7 +113,7 @@ class Classifier:
         for result in self._steps.run(self._params, self._seen(batches)):
             index = np.asarray(result["index"])
             real = index >= 0
-            out[index[real]] = np.asarray(result["probabilities"])[real]
+            out[index[real]] = np.asarray(result[key])[real]
         return out
 
     def _seen(self, batches: Iterable[batching.Batch]) -> Iterator[batching.Batch]:

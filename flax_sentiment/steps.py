@@ -9,6 +9,7 @@ with explicit shardings over the mesh; an inference-only `Steps` builds no optim
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from flax import struct
 
 from flax_sentiment import batching, parallel
 from flax_sentiment import metrics as metrics_lib
+from flax_sentiment.config import option
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef, Params
 
@@ -33,6 +35,8 @@ class TrainState:
     params: Params
     opt_state: optax.OptState
     rng: jax.Array  # raw uint32[2] key: a plain array checkpoints and reshards like any other
+    # Exponential moving average of `params` (train.ema_decay > 0), else None (not saved).
+    ema: Params | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -42,6 +46,28 @@ class TrainState:
 def decay_mask(params: Params) -> dict[str, bool]:
     """AdamW decays matrices and embeddings, never biases or LayerNorm scales."""
     return {name: not name.endswith((".bias", ".scale")) for name in params}
+
+
+_LAYER = re.compile(r"encoder\.layers\.(\d+)\.")
+
+
+def layer_decay_exponents(names: Iterable[str], num_layers: int) -> dict[str, int]:
+    """How many times `train.layer_decay` multiplies each parameter's learning rate (ELECTRA's
+    layer-wise decay): 0 for the head, L - i for layer i of L (the top layer 1), L + 1 for the
+    embeddings. Encoder parameters that several depths share (ALBERT's layer groups, a relative
+    position table, a final norm) learn at the rate of the highest layer that uses them: 1."""
+    exponents = {}
+    for name in names:
+        m = _LAYER.match(name)
+        if m:
+            exponents[name] = num_layers - int(m.group(1))
+        elif name.startswith("encoder.embeddings."):
+            exponents[name] = num_layers + 1
+        elif name.startswith("encoder."):
+            exponents[name] = 1
+        else:
+            exponents[name] = 0
+    return exponents
 
 
 def hyperparameters(t: ml_collections.ConfigDict, total_steps: int, num_labels: int
@@ -56,7 +82,11 @@ def hyperparameters(t: ml_collections.ConfigDict, total_steps: int, num_labels: 
             "total_steps": np.float32(max(total_steps, 1)),
             "weight_decay": np.float32(t.weight_decay),
             "label_smoothing": np.float32(t.label_smoothing),
-            "class_weights": np.asarray(weights, np.float32)}
+            "class_weights": np.asarray(weights, np.float32),
+            "layer_decay": np.float32(option(t, "layer_decay", 1.0)),
+            "ema_decay": np.float32(option(t, "ema_decay", 0.0)),
+            "distill_weight": np.float32(option(t, "distill_weight", 0.0)),
+            "distill_temperature": np.float32(option(t, "distill_temperature", 1.0))}
 
 
 def schedule_value(kind: str, h: dict[str, Any], count: jax.Array) -> jax.Array:
@@ -83,28 +113,61 @@ def make_schedule(t: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
     return lambda count: schedule_value(t.schedule, h, count)
 
 
-def make_optimizer(t: ml_collections.ConfigDict, h: dict[str, Any]
+def make_optimizer(t: ml_collections.ConfigDict, h: dict[str, Any], num_layers: int = 0
                    ) -> optax.GradientTransformation:
-    """AdamW with clipping; the learning rate and weight decay come from `h` (traced)."""
+    """AdamW with clipping; the learning rate and weight decay come from `h` (traced).
+
+    Layer-wise decay scales each parameter's whole AdamW update (its learning rate, hence its
+    decoupled weight decay too) by `h["layer_decay"] ** layer_decay_exponents(...)`; at 1.0 the
+    scale is exactly 1 (no separate program for runs without it).
+    """
     parts = [optax.clip_by_global_norm(t.max_grad_norm)] if t.max_grad_norm > 0 else []
     parts.append(optax.adamw(lambda count: schedule_value(t.schedule, h, count),
                              b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
                              weight_decay=h["weight_decay"], mask=decay_mask))
+    if option(t, "layer_decay", 1.0) != 1.0:
+
+        def scale(updates, params=None):
+            exponents = layer_decay_exponents(updates, num_layers)
+            return {k: u * h["layer_decay"] ** exponents[k] for k, u in updates.items()}
+
+        parts.append(optax.stateless(scale))
     return optax.chain(*parts)
+
+
+def ema_update(ema: Params, params: Params, step: jax.Array, decay: jax.Array) -> Params:
+    """The bias-corrected EMA after `step` (>= 1) updates: what optax.ema(decay, debias=True)
+    returns, i.e. zero-initialised, so the pretrained weights get no weight, kept directly in
+    its debiased form: ema += (params - ema) * (1 - d) / (1 - d^step)."""
+    c = (1.0 - decay) / (1.0 - decay ** jnp.asarray(step, jnp.float32))
+    return jax.tree.map(lambda e, p: e + (p - e) * c, ema, params)
 
 
 # --------------------------------------------------------------------------------------------
 # Pure steps
 
 
+def distillation_kl(logits: jax.Array, teacher_logits: jax.Array, temperature: jax.Array
+                    ) -> jax.Array:
+    """Per-row KL(p_teacher || p_student) at `temperature` (Hinton et al. 2015). With several
+    teachers ([rows, teachers, classes]) p_teacher is the mean of their softened probabilities."""
+    p = jnp.mean(jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1),
+                 axis=1)
+    log_q = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.sum(jax.scipy.special.xlogy(p, p) - p * log_q, axis=-1)
+
+
 def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, *,
-             num_labels: int, label_smoothing: float | jax.Array, class_weights: jax.Array
+             num_labels: int, label_smoothing: float | jax.Array, class_weights: jax.Array,
+             distill_weight: float | jax.Array = 0.0, distill_temperature: float | jax.Array = 1.0
              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Sum (not mean) of weighted cross-entropy, so micro-batches add up to the full batch.
 
     PyTorch's CrossEntropyLoss(weight=w, label_smoothing=e), the definition users know:
     (1 - e) * w[y] * ce_y + e / C * sum_c w[c] * ce_c, normalised by sum w[y] (the caller
-    divides by it). Per-row `weights` mask padded rows.
+    divides by it). Per-row `weights` mask padded rows. A batch with `teacher_logits` mixes in
+    distillation: (1 - a) * that + a * T^2 * w[y] * KL(teacher || student at T), a =
+    `distill_weight` (T^2 keeps the soft targets' gradients on the labels' scale).
     """
     logits = model_def.merge(params)(
         batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
@@ -116,13 +179,17 @@ def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, 
     if not isinstance(label_smoothing, int | float) or label_smoothing:  # traced: always
         smooth = jnp.sum(nll * class_weights, axis=-1) / num_labels
         ce = (1.0 - label_smoothing) * ce + label_smoothing * smooth
+    if "teacher_logits" in batch:
+        t2 = distill_temperature ** 2
+        kl = distillation_kl(logits, batch["teacher_logits"], distill_temperature)
+        ce = (1.0 - distill_weight) * ce + distill_weight * t2 * w_y * kl
     w = batch["weights"] * w_y
     correct = (jnp.argmax(logits, -1) == labels) * batch["weights"]
     return jnp.sum(batch["weights"] * ce), (jnp.sum(w), jnp.sum(correct))
 
 
-def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_labels: int
-                    ) -> Callable[[TrainState, Batch, dict[str, jax.Array]],
+def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_labels: int,
+                    num_layers: int = 0) -> Callable[[TrainState, Batch, dict[str, jax.Array]],
                                   tuple[TrainState, Batch]]:
     """`train_step(state, batch, h)`; `h` = `hyperparameters(...)`, arguments of the step."""
     grad_fn = jax.value_and_grad(loss_sum, argnums=1, has_aux=True)
@@ -130,7 +197,7 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
 
     def train_step(state: TrainState, batch: Batch, h: dict[str, jax.Array]
                    ) -> tuple[TrainState, Batch]:
-        tx = make_optimizer(t, h)
+        tx = make_optimizer(t, h, num_layers)
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def micro(i, mb):
@@ -138,7 +205,9 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
             (loss, (w, correct)), grads = grad_fn(model_def, state.params, mb, rng,
                                                   num_labels=num_labels,
                                                   label_smoothing=h["label_smoothing"],
-                                                  class_weights=h["class_weights"])
+                                                  class_weights=h["class_weights"],
+                                                  distill_weight=h["distill_weight"],
+                                                  distill_temperature=h["distill_temperature"])
             return loss, w, correct, grads
 
         if k == 1:
@@ -161,6 +230,8 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema = (None if state.ema is None
+               else ema_update(state.ema, params, state.step + 1, h["ema_decay"]))
         examples = jnp.sum(batch["weights"])
         metrics = {
             "loss": loss / denom,
@@ -170,7 +241,8 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
             "learning_rate": schedule_value(t.schedule, h, state.step),
             "examples": examples,
         }
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             ema=ema), metrics
 
     return train_step
 
@@ -205,6 +277,13 @@ def make_model_step(model_def: ModelDef, num_labels: int
 # The config keys the train step's program depends on (`hyperparameters` are arguments).
 STATIC_TRAIN_KEYS = ("schedule", "adam_b1", "adam_b2", "adam_eps", "max_grad_norm",
                      "grad_accum_steps")
+
+
+def static_train_key(t: ml_collections.ConfigDict) -> tuple:
+    """What of `t` the train step's program depends on: the keys above, and which of layer
+    decay and EMA are on (their values are arguments)."""
+    return (*(t[k] for k in STATIC_TRAIN_KEYS), option(t, "layer_decay", 1.0) != 1.0,
+            option(t, "ema_decay", 0.0) > 0)
 # Jitted steps by (model structure, labels, mesh[, static train keys]): a second run of the same
 # model in this process (a sweep's next trial) reuses the compiled programs, with no load.
 _JITTED: dict[tuple, Any] = {}
@@ -244,13 +323,16 @@ class Steps:
         if train is None:
             return
         self.hparams = replicate(hyperparameters(train, total_steps, num_labels), mesh)
-        self.tx = make_optimizer(train, self.hparams)  # its state's structure; values unused
-        seed = train.seed
+        num_layers = model_def.num_layers
+        # Its state's structure; values unused.
+        self.tx = make_optimizer(train, self.hparams, num_layers)
+        seed, ema = train.seed, option(train, "ema_decay", 0.0) > 0
 
         def init(params):
             return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                               opt_state=self.tx.init(params),
-                              rng=jax.random.key_data(jax.random.key(seed)))
+                              rng=jax.random.key_data(jax.random.key(seed)),
+                              ema=jax.tree.map(jnp.copy, params) if ema else None)
 
         abstract = jax.eval_shape(init, model_def.abstract_params())
         self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
@@ -258,10 +340,11 @@ class Steps:
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        static = tuple(train[k] for k in STATIC_TRAIN_KEYS)
+        static = static_train_key(train)
         if ("train", *key, static) not in _JITTED:
             _JITTED[("train", *key, static)] = jax.jit(
-                make_train_step(model_def, train, num_labels=num_labels),
+                make_train_step(model_def, train, num_labels=num_labels,
+                                num_layers=num_layers),
                 in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
                 out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
         self.train_step_jit = _JITTED[("train", *key, static)]

@@ -32,10 +32,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_sentiment import batching, data, parallel
+from flax_sentiment import batching, data, distill, initialization, parallel
 from flax_sentiment import metrics as metrics_lib
 from flax_sentiment.checkpoint import Checkpoints
-from flax_sentiment.config import to_json, validate
+from flax_sentiment.config import eval_weights, option, to_json, validate
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.functional import ModelDef
@@ -49,7 +49,10 @@ log = logging.getLogger(__name__)
 # resume, e.g. train.max_steps to train longer).
 RESUME_KEYS = ("model.name_or_path", "data.name_or_path", "data.subset", "data.label_names",
                "data.label_map", "data.text_column", "data.label_column", "data.max_length",
-               "data.buckets", "train.batch_size", "train.seed")
+               "data.buckets", "train.batch_size", "train.seed", "model.reinit_layers",
+               "train.ema_decay", "train.teacher")
+# What keys added since are taken to be in checkpoints that predate them.
+RESUME_DEFAULTS = {"model.reinit_layers": 0, "train.ema_decay": 0.0, "train.teacher": []}
 
 
 class TrainingDiverged(UserError):
@@ -81,12 +84,26 @@ class Loop:
     bar: Any = None
 
     def evaluate(self) -> dict[str, Any] | None:
-        """Evaluate the current parameters; updates the best-so-far and writes the metrics."""
+        """Evaluate the current parameters (and their moving average, when the run keeps one);
+        updates the best-so-far by `eval.weights` and writes the metrics."""
         if self.eval_batches is None:
             return None
         t0 = time.perf_counter()
-        result = self.steps.evaluate(self.state.params, self.eval_batches, self.label_names)
-        result["step"] = self.step
+        candidates = {"raw": self.state.params}
+        if self.state.ema is not None:
+            candidates["ema"] = self.state.ema
+        results = {name: self.steps.evaluate(params, self.eval_batches, self.label_names)
+                   for name, params in candidates.items()}
+        weights = eval_weights(self.config)
+        result = dict(results[weights], step=self.step)
+        if len(results) > 1:
+            result["weights"] = weights
+            for name, r in results.items():
+                scalars = {k: v for k, v in r.items() if isinstance(v, int | float)}
+                result[name] = scalars
+                self.writer.write(self.step, {f"eval_{name}/{k}": v for k, v in scalars.items()})
+                log.info("step %d eval (%s weights): accuracy=%.4f f1_macro=%.4f", self.step,
+                         name, r["accuracy"], r["f1_macro"])
         metric, mode = self.config.eval.metric, self.config.eval.metric_mode
         best = self.progress["best_value"]
         if best is None or (result[metric] > best if mode == "max" else result[metric] < best):
@@ -223,11 +240,17 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
 
     label_names = list(config.data.label_names)
     bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
-                                    dtype=config.model.dtype, seed=t.seed)
+                                    dtype=config.model.dtype,
+                                    seed=option(config.model, "head_seed", t.seed))
     check_max_length(config, bundle.config)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
         log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
-    splits, train_iter, eval_batches = _load_data(config, bundle.tokenizer, mesh)
+    initial = None
+    if resume_step is None:  # checked before the data is read
+        initial = initialization.reinit_top_layers(
+            ModelDef.params_of(bundle.model), bundle.config,
+            option(config.model, "reinit_layers", 0), option(config.model, "head_seed", t.seed))
+    splits, train_iter, eval_batches = _load_data(config, bundle.tokenizer, mesh, wd)
     total = (t.max_steps if t.max_steps > 0
              else math.ceil(t.num_epochs * train_iter.steps_per_epoch))
 
@@ -248,11 +271,15 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
         loop.step, loop.state, extra = checkpoints.restore(steps.abstract_state)  # falls back
         train_iter.set_state(extra["data"])
         loop.progress = extra["progress"]
+        if "init_digest" in extra["meta"]:
+            loop.meta["init_digest"] = extra["meta"]["init_digest"]
         loop.writer.truncate_after(loop.step)
         log.info("resumed from %s at step %d (epoch %d)", checkpoints.directory, loop.step,
                  extra["data"]["epoch"])
     else:
-        loop.state = steps.init_state(ModelDef.params_of(bundle.model))
+        loop.state = steps.init_state(initial)
+        # Runs with equal digests started from the same model: their checkpoints average.
+        loop.meta["init_digest"] = initialization.params_digest(initial)
     if parallel.is_main_process():
         wd.write_run_files(config, bundle.tokenizer)
     log.info("%d train examples, %d steps/epoch, %d steps in all; %d device(s), %d process(es)",
@@ -265,11 +292,19 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     return loop, batches
 
 
-def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh
+def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh,
+               wd: Workdir | None = None
                ) -> tuple[data.Data, batching.TrainIterator, batching.EvalBatches | None]:
-    """Tokenized splits, the resumable train iterator and the eval batches (this process's
-    rows of each global batch)."""
+    """Tokenized splits (the train split with its teachers' logits, when distilling), the
+    resumable train iterator and the eval batches (this process's rows of each global batch)."""
     splits = data.load_data(config.data, tokenizer)
+    teachers = list(option(config.train, "teacher", ()))
+    if teachers:
+        logits = distill.teacher_logits(
+            teachers, splits.train, config.data, wd.path if wd is not None else None,
+            batch_size=config.eval.batch_size, write_cache=parallel.is_main_process())
+        splits = dataclasses.replace(splits, train=dataclasses.replace(
+            splits.train, teacher_logits=logits))
     n_proc, pid = jax.process_count(), jax.process_index()
     train_iter = batching.TrainIterator(splits.train, config.train.batch_size, splits.buckets,
                                         seed=config.train.seed, pad_id=splits.pad_id,
@@ -368,6 +403,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
     saved_cfg = ml_collections.ConfigDict(saved)
     for key in RESUME_KEYS:
         old, new = _get_path(saved_cfg, key), _get_path(config, key)
+        old = RESUME_DEFAULTS.get(key) if old is None else old
+        new = RESUME_DEFAULTS.get(key) if new is None else new
         if old != new:
             raise UserError(f"cannot resume: config {key} is {new!r} but the checkpoint was "
                             f"trained with {old!r} (use a new --workdir, or set it back)")
@@ -379,6 +416,9 @@ def resumable_step(checkpoints: Checkpoints, config: ml_collections.ConfigDict) 
     found = checkpoints.newest_extra()
     if found is None:
         return None
+    if "averaged_from" in found[1]["meta"]:
+        raise UserError(f"{checkpoints.directory.parent} holds an average of checkpoints "
+                        "(scripts/average.py), not a run to continue: use a new --workdir")
     check_resumable(found[1]["meta"]["config"], config)
     return found[0]
 

@@ -22,7 +22,7 @@ from flax import nnx
 
 from flax_sentiment import parallel
 from flax_sentiment.checkpoint import Checkpoints
-from flax_sentiment.config import from_dict, to_json
+from flax_sentiment.config import eval_weights, from_dict, option, to_json
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.architectures import Architecture, get_architecture
 from flax_sentiment.models.classifier import SequenceClassifier
@@ -95,9 +95,11 @@ class Workdir:
         """The tokenizer the run saved (`fallback`, the model's name, for older runs)."""
         return load_tokenizer(self.tokenizer_dir if self.tokenizer_dir.is_dir() else fallback)
 
-    def load_run(self, step: int | str | None = None, *, dtype: str | None = None) -> Run:
+    def load_run(self, step: int | str | None = None, *, dtype: str | None = None,
+                 weights: str | None = None) -> Run:
         """The model at `step` (None = latest, 'best' = best by the eval metric, or a number),
-        restored as parameters alone."""
+        restored as parameters alone: the raw ones or their moving average (`weights` 'raw' |
+        'ema'; None = the run's `eval.weights`)."""
         if not self.path.is_dir():
             raise UserError(f"--workdir {self.path}: no such folder")
         if not self.checkpoints_dir.is_dir():
@@ -113,6 +115,13 @@ class Workdir:
             meta = ckpts.restore_extra(chosen)["meta"]
             enc = EncoderConfig(**meta["encoder_config"])
             config = from_dict(meta["config"])
+            if weights in (None, "auto"):
+                weights = eval_weights(config)
+            if weights not in ("raw", "ema"):
+                raise UserError(f"weights {weights!r}: must be raw, ema or auto")
+            if weights == "ema" and option(config.train, "ema_decay", 0.0) <= 0:
+                raise UserError(f"{self.path}: the run kept no moving average of its weights "
+                                "(train.ema_decay=0); use the raw weights")
             compute = as_dtype(dtype or config.model.dtype)
             abstract = nnx.eval_shape(lambda: SequenceClassifier(enc, dtype=compute,
                                                                  rngs=nnx.Rngs(0)))
@@ -121,14 +130,14 @@ class Workdir:
             latest = step is None or step == "latest"
             restored, params, _ = ckpts.restore_params(
                 model_def.abstract_params(), parallel.replicated(parallel.make_mesh()),
-                None if latest else chosen)
+                None if latest else chosen, item="params" if weights == "raw" else "ema")
         finally:
             ckpts.close()
         model = model_def.merge(jax.device_get(params))
         return Run(workdir=self.path, step=restored, model=model,
                    arch=get_architecture(meta["model_type"]),
                    label_names=list(meta["label_names"]), config=config,
-                   hf_config=meta["hf_config"])
+                   hf_config=meta["hf_config"], weights=weights)
 
 
 def _choose_step(ckpts: Checkpoints, step: int | str | None, where: Path) -> int:
@@ -158,6 +167,7 @@ class Run:
     label_names: list[str]
     config: ml_collections.ConfigDict
     hf_config: dict[str, Any]
+    weights: str = "raw"  # 'raw' or 'ema' (the moving average)
 
     @functools.cached_property
     def tokenizer(self) -> Any:
@@ -165,9 +175,9 @@ class Run:
 
 
 def load_run(workdir: str | Path, step: int | str | None = None, *,
-             dtype: str | None = None) -> Run:
-    """`Workdir(workdir).load_run(step, dtype=dtype)`."""
-    return Workdir(workdir).load_run(step, dtype=dtype)
+             dtype: str | None = None, weights: str | None = None) -> Run:
+    """`Workdir(workdir).load_run(step, dtype=dtype, weights=weights)`."""
+    return Workdir(workdir).load_run(step, dtype=dtype, weights=weights)
 
 
 class MetricsWriter:

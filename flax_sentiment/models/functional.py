@@ -24,6 +24,8 @@ class ModelDef:
         self._templates = [var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype))
                            for _, var in flat]
         self.names = [".".join(str(p) for p in path) for path in self._paths]
+        # Depth of the encoder (layer-wise learning rates need it; ALBERT shares its layers).
+        self.num_layers = int(getattr(getattr(model, "config", None), "num_layers", 0))
 
     @staticmethod
     def params_of(model: nnx.Module) -> Params:

@@ -1,0 +1,125 @@
+"""Distillation teachers: their logits on the train split, computed once and cached.
+
+Precomputed rather than run inside the train step: on the CPU the train step of a MiniLM costs
+about three of its forward passes, so a 3-model ensemble in the step would double every step,
+while one pass over SST-2's train split per teacher costs about as much as 200 steps, paid once
+per run (and never again on resume or for the next student: the cache). It also lets a teacher
+use another tokenizer than the student (each reads the texts with its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from flax_sentiment.data import TokenizedSplit
+from flax_sentiment.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def parse_teacher(spec: str) -> tuple[str, int | str | None]:
+    """'DIR' (latest checkpoint), 'DIR@best' or 'DIR@1200'; a model folder or hub id as is."""
+    path, sep, step = spec.rpartition("@")
+    if not sep or "/" in step:
+        return spec, None
+    if step in ("best", "latest"):
+        return path, step
+    if step.isdigit():
+        return path, int(step)
+    raise UserError(f"config train.teacher {spec!r}: after '@' comes a step number, 'best' or "
+                    "'latest'")
+
+
+def _is_workdir(path: str) -> bool:
+    p = Path(path).expanduser()
+    return (p / "checkpoints").is_dir()
+
+
+def load_teacher(spec: str, data: ml_collections.ConfigDict, batch_size: int):
+    """A `predict.Classifier` for one teacher: a training workdir (its own tokenizer and
+    weights, per its eval.weights) or a folder / hub id with a classification head."""
+    from flax_sentiment.predict import Classifier
+
+    path, step = parse_teacher(spec)
+    options = dict(batch_size=batch_size, max_length=data.max_length,
+                   truncation=data.truncation, head_tokens=data.head_tokens)
+    if _is_workdir(path):  # with the tokenization it was trained with
+        return Classifier.from_workdir(path, step, batch_size=batch_size)
+    if step is not None:
+        raise UserError(f"config train.teacher {spec!r}: {path} is not a training workdir, so "
+                        "it has no checkpoint steps")
+    return Classifier.from_pretrained(path, **options)
+
+
+def _check_labels(spec: str, teacher: list[str], student: Sequence[str]) -> None:
+    if [n.lower() for n in teacher] == [str(n).lower() for n in student]:
+        return
+    if teacher == [f"LABEL_{i}" for i in range(len(student))]:
+        log.warning("teacher %s has no label names; its outputs are taken as %s, in order",
+                    spec, list(student))
+        return
+    raise UserError(f"config train.teacher {spec!r}: its labels {teacher} are not the run's "
+                    f"data.label_names {list(student)}")
+
+
+def _cache_key(specs: Sequence[str], split: TokenizedSplit, data: ml_collections.ConfigDict
+               ) -> str:
+    """Changes when a teacher (its newest checkpoint), the texts or the tokenization does."""
+    h = hashlib.sha256()
+    for spec in specs:
+        path, step = parse_teacher(spec)
+        p = Path(path).expanduser()
+        stamp = ""
+        if _is_workdir(path):  # the checkpoint list: a longer-trained teacher is another one
+            stamp = json.dumps(sorted(x.name for x in (p / "checkpoints").iterdir()))
+        elif p.exists():
+            stamp = json.dumps(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                      for f in p.iterdir() if f.is_file()))
+        h.update(json.dumps([str(p.absolute()) if p.exists() else path, step, stamp]).encode())
+    h.update(json.dumps([data.max_length, data.truncation, data.head_tokens]).encode())
+    for text in split.texts:
+        h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()[:20]
+
+
+def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
+                   data: ml_collections.ConfigDict, cache_dir: Path | None, *,
+                   batch_size: int = 128, write_cache: bool = True) -> np.ndarray:
+    """float32 `[len(split), len(specs), classes]`: each teacher's logits on `split`'s texts,
+    read from `cache_dir` when this exact set was computed before."""
+    if data.text_pair_column:
+        raise UserError("config train.teacher: distillation of text-pair tasks "
+                        f"(data.text_pair_column={data.text_pair_column!r}) is not supported")
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"teacher_logits_{_cache_key(specs, split, data)}.npy"
+        if path.is_file():
+            cached = np.load(path)
+            if cached.shape[:2] == (len(split), len(specs)):
+                log.info("teacher logits read from %s", path)
+                return cached
+    out = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        teacher = load_teacher(spec, data, batch_size)
+        _check_labels(spec, teacher.label_names, split.label_names)
+        logits = teacher.logits(list(split.texts))
+        log.info("teacher %s: logits on %d train texts in %.1fs (accuracy on them %.4f)", spec,
+                 len(split), time.perf_counter() - t0,
+                 float(np.mean(logits.argmax(-1) == split.labels)))
+        out.append(logits)
+    result = np.stack(out, axis=1).astype(np.float32)
+    if path is not None and write_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, result)
+        tmp.replace(path)
+    return result

@@ -1,0 +1,390 @@
+"""Fine-tuning techniques: layer-wise learning-rate decay, weight EMA, re-initialised top layers,
+checkpoint averaging and distillation, each against an independent computation."""
+
+import json
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from flax_sentiment import parallel
+from flax_sentiment.config import base_config
+from flax_sentiment.errors import UserError
+from flax_sentiment.initialization import reinit_top_layers
+from flax_sentiment.models.functional import ModelDef
+from flax_sentiment.pretrained import load_pretrained_bundle
+from flax_sentiment.steps import Steps, distillation_kl, loss_sum
+from flax_sentiment.train import train_and_evaluate
+from flax_sentiment.workdir import load_run
+from tests.conftest import MINILM
+from tests.helpers import (
+    REPO,
+    final_params,
+    run_script,
+    sst2_subset,
+    tiny_bert,
+    tiny_config,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    return {"model": tiny_bert(root / "model"), "nodrop": tiny_bert(root / "nodrop", dropout=0.0),
+            "albert": tiny_bert(root / "albert", model_type="albert"),
+            "electra": tiny_bert(root / "electra", model_type="electra"),
+            "data": sst2_subset(root / "sst2")}
+
+
+def _steps(model_dir, num_labels=2, **train):
+    config = base_config()
+    for k, v in train.items():
+        config.train[k] = v
+    bundle = load_pretrained_bundle(model_dir, num_labels=num_labels)
+    steps = Steps(ModelDef(bundle.model), num_labels, parallel.make_mesh(),
+                  train=config.train, total_steps=100)
+    return steps, ModelDef.params_of(bundle.model), bundle
+
+
+def _batch(seed, batch=16, length=16, teachers=0, num_labels=2):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(1000, 30522, (batch, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[::3, length // 2:] = 0
+    out = {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
+           "labels": rng.randint(0, num_labels, batch).astype(np.int32),
+           "weights": np.r_[np.ones(batch - 3), np.zeros(3)].astype(np.float32),
+           "index": np.arange(batch, dtype=np.int32)}
+    if teachers:
+        out["teacher_logits"] = 3 * rng.randn(batch, teachers, num_labels).astype(np.float32)
+    return out
+
+
+def _put(steps, batch):
+    return {k: jax.device_put(v, steps.data_sharding) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay
+
+# The learning-rate factor each parameter must get at layer_decay=0.5 in a 2-layer model,
+# written out by hand (head 1, top layer 0.5, layer 0 0.25, embeddings 0.125).
+EXPECTED_SCALE = {
+    "bert": [("head.", 1.0), ("encoder.layers.1.", 0.5), ("encoder.layers.0.", 0.25),
+             ("encoder.embeddings.", 0.125)],
+    # ALBERT: the one shared group learns at the top layer's rate; the embedding projection
+    # with the embeddings.
+    "albert": [("head.", 1.0), ("encoder.groups.", 0.5), ("encoder.embeddings.", 0.125)],
+    "electra": [("head.", 1.0), ("encoder.layers.1.", 0.5), ("encoder.layers.0.", 0.25),
+                ("encoder.embeddings.", 0.125)],
+}
+
+
+@pytest.mark.parametrize("arch", ["bert", "albert", "electra"])
+def test_layer_decay_gives_each_parameter_its_learning_rate(tiny, arch):
+    """One real train step with Adam's first update (|update| = lr * |g| / (|g| + eps), so with
+    a negligible eps every element with a gradient moves by its learning rate): read the rates
+    off the step."""
+    lr = 1e-3
+    model = tiny["model" if arch == "bert" else arch]
+    steps, params0, _ = _steps(model, learning_rate=lr, schedule="constant", warmup_ratio=0.0,
+                               weight_decay=0.0, max_grad_norm=0.0, layer_decay=0.5,
+                               adam_eps=1e-30)
+    state = steps.init_state(params0)
+    new, _ = steps.train_step(state, _put(steps, _batch(0)))
+    after = jax.device_get(new.params)
+    for name, before in params0.items():
+        moved = float(np.max(np.abs(np.asarray(after[name]) - np.asarray(before)))) / lr
+        expected = next(s for prefix, s in EXPECTED_SCALE[arch] if name.startswith(prefix))
+        # Gradients that are ~0 (the key bias cancels in the softmax) move less than lr.
+        if name.endswith(("token_type.embedding", "position.embedding", "key.bias")):
+            assert moved <= expected * (1 + 1e-3), name
+        else:
+            assert moved == pytest.approx(expected, rel=2e-3), name
+
+
+def test_layer_decay_one_changes_nothing(tiny):
+    a, params0, _ = _steps(tiny["nodrop"])
+    b, _, _ = _steps(tiny["nodrop"], layer_decay=1.0)
+    batch = _batch(1)
+    pa = jax.device_get(a.train_step(a.init_state(params0), _put(a, batch))[0].params)
+    pb = jax.device_get(b.train_step(b.init_state(params0), _put(b, batch))[0].params)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+
+
+# --------------------------------------------------------------------------------------------
+# EMA
+
+
+def test_ema_is_numpys_bias_corrected_ema_of_the_parameters(tiny):
+    decay = 0.8
+    steps, params0, _ = _steps(tiny["model"], ema_decay=decay, learning_rate=1e-3)
+    state = steps.init_state(params0)
+    ema = {k: np.zeros(np.shape(v), np.float64) for k, v in params0.items()}
+    for t in range(1, 6):
+        state, _ = steps.train_step(state, _put(steps, _batch(t)))
+        params = jax.device_get(state.params)
+        for k in ema:  # zero-initialised, then debiased by 1 - decay^t
+            ema[k] = decay * ema[k] + (1 - decay) * np.asarray(params[k], np.float64)
+        got = jax.device_get(state.ema)
+        for k in ema:
+            np.testing.assert_allclose(got[k], ema[k] / (1 - decay ** t), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{k} at step {t}")
+    # The average is not the last parameters (the test would pass for ema = params otherwise).
+    k = "encoder.layers.0.attention.query.kernel"
+    assert np.max(np.abs(got[k] - params[k])) > 1e-4
+
+
+def _launch_long(config, workdir, extra):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "scripts/train.py", f"--config={config}", f"--workdir={workdir}",
+         *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+
+
+def test_ema_run_reports_both_and_resumes_exactly_after_sigkill(run_setup, tmp_path):
+    from tests.test_checkpoint import wait_for_checkpoint
+
+    extra = ["--config.train.max_steps=40", "--config.eval.every_steps=20",
+             "--config.train.ema_decay=0.9"]
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    proc = _launch_long(run_setup["config"], killed, extra)
+    wait_for_checkpoint(killed, proc, step=8)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    args = ["scripts/train.py", f"--config={run_setup['config']}", *extra]
+    relaunch = run_script([*args, f"--workdir={killed}"])
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert "resumed from" in relaunch.stderr
+    result = run_script([*args, f"--workdir={full}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for weights in ("raw", "ema"):
+        a = {k: np.asarray(v) for k, v in
+             ModelDef.params_of(load_run(full, weights=weights).model).items()}
+        b = {k: np.asarray(v) for k, v in
+             ModelDef.params_of(load_run(killed, weights=weights).model).items()}
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], atol=1e-6, rtol=0, err_msg=f"{weights} {k}")
+    # Both weights are evaluated; the run is judged by the EMA (eval.weights auto).
+    saved = json.loads((full / "eval_results.json").read_text())
+    assert saved["weights"] == "ema"
+    assert saved["accuracy"] == saved["ema"]["accuracy"]
+    assert {"raw", "ema"} <= saved.keys()
+    rows = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_raw/accuracy" in r for r in rows)
+    from flax_sentiment.evaluate import evaluate_checkpoint
+
+    raw = evaluate_checkpoint(full, overrides={"eval.weights": "raw"})
+    assert raw.metrics["loss"] == pytest.approx(saved["raw"]["loss"], rel=1e-5)
+    ema = evaluate_checkpoint(full)
+    assert ema.metrics["loss"] == pytest.approx(saved["ema"]["loss"], rel=1e-5)
+    assert raw.metrics["loss"] != pytest.approx(ema.metrics["loss"], rel=1e-6)
+
+
+def test_ema_weights_refused_where_there_are_none(reference_run):
+    with pytest.raises(UserError, match="kept no moving average"):
+        load_run(reference_run, weights="ema")
+
+
+# --------------------------------------------------------------------------------------------
+# Re-initialising the top layers
+
+
+def test_reinit_top_layers():
+    """On the real MiniLM (6 pretrained layers): the top 2 and the head are drawn afresh."""
+    bundle = load_pretrained_bundle(MINILM, num_labels=2)
+    params = {k: np.asarray(v) for k, v in ModelDef.params_of(bundle.model).items()}
+    out = {k: np.asarray(v) for k, v in
+           reinit_top_layers(params, bundle.config, 2, seed=3).items()}
+    std = bundle.config.initializer_range
+    for name, before in params.items():
+        if name.startswith(("encoder.layers.4.", "encoder.layers.5.", "head.")):
+            if name.endswith(".kernel"):
+                assert not np.allclose(out[name], before), name
+                assert np.std(out[name]) == pytest.approx(std, rel=0.2), name
+            elif name.endswith(".scale"):
+                np.testing.assert_array_equal(out[name], 1.0)
+            else:
+                np.testing.assert_array_equal(out[name], 0.0)
+        else:
+            np.testing.assert_array_equal(out[name], before, err_msg=name)
+    # The pretrained top layer was not already "freshly initialised" (the test can fail).
+    assert not np.allclose(params["encoder.layers.5.attention.norm.scale"], 1.0)
+    assert not np.allclose(params["encoder.layers.5.ffn.outer.bias"], 0.0)
+    again = reinit_top_layers(params, bundle.config, 2, seed=3)
+    np.testing.assert_array_equal(again["head.dense.kernel"], out["head.dense.kernel"])
+
+
+def test_reinit_refusals(tiny, tmp_path):
+    config = tiny_config(tiny["albert"], tiny["data"], **{"model.reinit_layers": 1})
+    with pytest.raises(UserError, match="ALBERT.*shares its layer"):
+        train_and_evaluate(config, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    config = tiny_config(tiny["model"], tiny["data"], **{"model.reinit_layers": 3})
+    with pytest.raises(UserError, match="has only 2 layers"):
+        train_and_evaluate(config, tmp_path / "b")
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint averaging
+
+
+def test_average_of_last_checkpoints_is_numpys_mean(reference_run, tmp_path):
+    from flax_sentiment import averaging
+
+    chosen = averaging.choose_steps(reference_run, last=3)
+    assert chosen == [6, 8, 12]  # checkpoints every 4 steps and at the evaluations (6, 12)
+    out = averaging.write_average([(reference_run, s) for s in chosen], tmp_path / "soup")
+    got = final_params(out)
+    each = [final_params(reference_run, s) for s in chosen]
+    for k in got:
+        np.testing.assert_allclose(got[k], np.mean([p[k] for p in each], axis=0),
+                                   rtol=1e-6, atol=1e-7, err_msg=k)
+    assert not np.allclose(got["head.out.kernel"], each[-1]["head.out.kernel"])
+    # Best k by the eval metric logged at each evaluation.
+    best = averaging.choose_steps(reference_run, best=1)
+    rows = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    assert best == [max(scored, key=scored.get)]
+    # The average evaluates like any checkpoint and cannot be resumed as a run.
+    from flax_sentiment.evaluate import evaluate_checkpoint
+
+    assert 0 <= evaluate_checkpoint(out).metrics["accuracy"] <= 1
+    with pytest.raises(UserError, match="nothing was written"):
+        averaging.write_average([(reference_run, 12)], out)
+
+
+def test_average_across_runs_needs_the_same_start(tiny, tmp_path):
+    from flax_sentiment import averaging
+
+    runs = {}
+    for name, seed, head in (("a", 0, 0), ("b", 1, 0), ("c", 2, 5)):
+        config = tiny_config(tiny["model"], tiny["data"], **{
+            "train.seed": seed, "model.head_seed": head, "train.max_steps": 4,
+            "eval.every_steps": 0, "checkpoint.every_steps": 0})
+        train_and_evaluate(config, tmp_path / name)
+        runs[name] = tmp_path / name
+    out = averaging.write_average([(runs["a"], 4), (runs["b"], 4)], tmp_path / "ab")
+    pa, pb, got = final_params(runs["a"]), final_params(runs["b"]), final_params(out)
+    np.testing.assert_allclose(got["head.out.kernel"],
+                               (pa["head.out.kernel"] + pb["head.out.kernel"]) / 2, rtol=1e-6)
+    with pytest.raises(UserError, match="started from different parameters"):
+        averaging.write_average([(runs["a"], 4), (runs["c"], 4)], tmp_path / "ac")
+    assert not (tmp_path / "ac").exists()
+
+
+def test_average_script_and_resume_refusal(reference_run, run_setup, tmp_path):
+    out = tmp_path / "soup"
+    result = run_script(["scripts/average.py", f"--workdir={reference_run}", "--last=2",
+                         f"--output={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["averaged"] == 2 and "accuracy" in saved
+    again = run_script(["scripts/train.py", f"--config={run_setup['config']}",
+                        f"--workdir={out}"])
+    assert again.returncode == 2 and "holds an average of checkpoints" in again.stderr
+    bad = run_script(["scripts/average.py", f"--workdir={reference_run}", "--last=99",
+                      f"--output={tmp_path / 'x'}"])
+    assert bad.returncode == 2 and "--last 99 but the run kept" in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Distillation
+
+
+def test_distillation_loss_is_torch_kl_div(tiny):
+    import torch
+
+    rng = np.random.RandomState(0)
+    student = 3 * rng.randn(16, 3)
+    teachers = 3 * rng.randn(16, 2, 3)
+    T = 2.5
+    got = np.asarray(distillation_kl(student.astype(np.float32),
+                                     teachers.astype(np.float32), np.float32(T)))
+    p = torch.softmax(torch.tensor(teachers) / T, -1).mean(1)
+    ref = torch.nn.functional.kl_div(torch.log_softmax(torch.tensor(student) / T, -1), p,
+                                     reduction="none").sum(-1).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+    # The whole loss: (1 - a) * torch's cross-entropy + a * T^2 * KL, over the real rows.
+    a = 0.3
+    batch = _batch(4, teachers=2, num_labels=2)
+    bundle = load_pretrained_bundle(tiny["nodrop"], num_labels=2)
+    model_def = ModelDef(bundle.model)
+    params = ModelDef.params_of(bundle.model)
+    total, (w, _) = loss_sum(model_def, params, batch, jax.random.key_data(jax.random.key(0)),
+                             num_labels=2, label_smoothing=0.0,
+                             class_weights=np.ones(2, np.float32), distill_weight=a,
+                             distill_temperature=T)
+    logits = torch.tensor(np.asarray(bundle.model(batch["input_ids"], batch["attention_mask"],
+                                                  batch["token_type_ids"]), np.float64))
+    real = torch.tensor(batch["weights"] > 0)
+    ce = torch.nn.functional.cross_entropy(logits[real],
+                                           torch.tensor(batch["labels"]).long()[real])
+    pt = torch.softmax(torch.tensor(batch["teacher_logits"], dtype=torch.float64) / T,
+                       -1).mean(1)[real]
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits[real] / T, -1), pt,
+                                    reduction="batchmean")
+    expected = ((1 - a) * ce + a * T ** 2 * kl).item()
+    assert float(total / w) == pytest.approx(expected, rel=1e-5)
+
+
+def test_distill_weight_zero_trains_as_without_a_teacher(tiny):
+    plain, params0, _ = _steps(tiny["model"], warmup_ratio=0.0)
+    zero, _, _ = _steps(tiny["model"], warmup_ratio=0.0, distill_weight=0.0,
+                        distill_temperature=3.0)
+    sa, sb = plain.init_state(params0), zero.init_state(params0)
+    for t in range(3):
+        batch = _batch(t, teachers=2)
+        sb, mb = zero.train_step(sb, _put(zero, batch))
+        del batch["teacher_logits"]
+        sa, ma = plain.train_step(sa, _put(plain, batch))
+        assert float(mb["loss"]) == pytest.approx(float(ma["loss"]), rel=1e-6)
+    pa, pb = jax.device_get(sa.params), jax.device_get(sb.params)
+    for k in pa:
+        np.testing.assert_allclose(pb[k], pa[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    # ... while a positive weight does change training.
+    half, _, _ = _steps(tiny["model"], warmup_ratio=0.0, distill_weight=0.5)
+    sc, mc = half.train_step(half.init_state(params0), _put(half, _batch(0, teachers=2)))
+    sd, md = plain.train_step(plain.init_state(params0), _put(plain, _batch(0)))
+    assert abs(float(mc["loss"]) - float(md["loss"])) > 1e-3
+    k = "head.out.kernel"
+    assert not np.allclose(jax.device_get(sc.params)[k], jax.device_get(sd.params)[k])
+
+
+def test_distillation_from_a_workdir_teacher(reference_run, tiny, tmp_path, caplog):
+    """The student's cached teacher logits are the teacher's own predictions on the train
+    texts; a second run reads the cache; a teacher with other labels is refused."""
+    from flax_sentiment.data import load_data
+    from flax_sentiment.predict import Classifier
+    from flax_sentiment.pretrained import load_tokenizer
+
+    config = tiny_config(tiny["model"], tiny["data"], **{
+        "train.teacher": (str(reference_run),), "train.max_steps": 4,
+        "eval.every_steps": 0, "checkpoint.every_steps": 0})
+    train_and_evaluate(config, tmp_path / "student")
+    cached = list((tmp_path / "student").glob("teacher_logits_*.npy"))
+    assert len(cached) == 1
+    logits = np.load(cached[0])
+    train = load_data(config.data, load_tokenizer(tiny["model"])).train
+    expected = Classifier.from_workdir(reference_run).logits(list(train.texts))
+    assert logits.shape == (len(train), 1, 2)
+    np.testing.assert_allclose(logits[:, 0], expected, rtol=1e-5, atol=1e-5)
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        config.train.max_steps = 6
+        train_and_evaluate(config, tmp_path / "student")  # resumes; reads the cache
+    assert "teacher logits read from" in caplog.text
+
+    bad = tiny_config(tiny["model"], tiny["data"], **{
+        "train.teacher": (str(reference_run),), "data.label_names": ("bad", "good")})
+    with pytest.raises(UserError, match=r"its labels \['negative', 'positive'\] are not"):
+        train_and_evaluate(bad, tmp_path / "bad")
