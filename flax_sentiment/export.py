@@ -1,8 +1,10 @@
 """Our NNX classifier -> a Hugging Face PyTorch folder, checked against PyTorch before it lands.
 
 The folder is written into a temporary sibling, loaded back with transformers'
-`AutoModelForSequenceClassification` and compared logit by logit with our model; only an export
-that passes is moved to `output`. A failed export leaves `output` exactly as it was.
+`AutoModelForSequenceClassification` and compared logit by logit with our model; its model card
+(README.md) and, on request, `model.onnx` (checked with onnxruntime against that PyTorch model)
+go into the same temporary folder. Only an export that passes every check is moved to `output`.
+A failed export leaves `output` exactly as it was.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ PARITY_TEXTS = [
     "ok",
     "An unflinchingly bleak and desperate film that somehow left me smiling.",
 ]
+
+# The ONNX graph is traced on these (batch 2, a few tokens), then checked on all of
+# PARITY_TEXTS: the check itself runs a batch size and length the export never saw.
+ONNX_EXAMPLE_TEXTS = PARITY_TEXTS[:2]
 
 # Storage dtype -> relative logit tolerance for rounding the weights (measured on MiniLM:
 # bfloat16 ~0.5% of the largest logit, float16 ~0.1%; ~3x margin).
@@ -233,7 +239,9 @@ def float32_reference(model: Any) -> Any:
     return twin
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: str | Path, overwrite: bool) -> None:
+    """Refuse an `output` that is a file, or a non-empty folder without `overwrite`."""
+    output = Path(output).expanduser().absolute()
     if output.is_symlink() or (output.exists() and not output.is_dir()):
         raise UserError(f"{output}: exists and is not a folder; choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
@@ -259,14 +267,23 @@ def _replace(tmp: Path, output: Path) -> None:
 def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokenizer: Any,
               label_names: Sequence[str], output: str | Path, *, dtype: str = "float32",
               overwrite: bool = False, parity_texts: Sequence[str] | None = None,
-              tolerance: float = 1e-4) -> dict[str, Any]:
+              tolerance: float = 1e-4, card: str | None = None, onnx: bool = False
+              ) -> dict[str, Any]:
     """Write a Hugging Face folder for `model` and prove PyTorch reproduces its logits.
 
-    Returns a report (path, dtype, num_labels, label_names, max_abs_diff, tolerance, files).
-    Raises `UserError` (nothing written) for a non-empty `output` without `overwrite`, and
-    `ParityError` when PyTorch's logits differ by more than the tolerance, which for 16-bit
-    exports grows with the storage rounding error.
+    `card` is written as the folder's README.md (see `card.model_card`); `onnx` adds
+    `model.onnx`, whose onnxruntime logits must match PyTorch's within `tolerance` (float32
+    compute whatever the storage `dtype`). Returns a report (path, dtype, num_labels,
+    label_names, max_abs_diff, tolerance, files, and `onnx` with its own check).
+    Raises `UserError` (nothing written) for a non-empty `output` without `overwrite` or a
+    missing ONNX package, and `ParityError` when PyTorch's logits differ by more than the
+    tolerance, which for 16-bit exports grows with the storage rounding error, or onnxruntime's
+    differ from PyTorch's.
     """
+    if onnx:
+        from flax_sentiment.onnx_export import require_onnx
+
+        require_onnx()
     if dtype not in EXPORT_DTYPES:
         raise UserError(f"export dtype {dtype!r} is not supported (use one of "
                         f"{sorted(EXPORT_DTYPES)})")
@@ -276,7 +293,7 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
     if len(label_names) != num_labels:
         raise UserError(f"{len(label_names)} label names {label_names} for a model with "
                         f"{num_labels} outputs")
-    _check_output(output, overwrite)
+    check_output(output, overwrite)
     config = build_hf_config(hf_config, arch, label_names, dtype)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +318,19 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
         if not diff <= limit:
             raise ParityError(f"{output}: exported PyTorch logits differ from ours by {diff:.3g} "
                               f"(tolerance {limit:.3g}); nothing was written")
-        _check_output(output, overwrite)  # it may have appeared while we worked
+        if card is not None:
+            (tmp / "README.md").write_text(card)
+        onnx_report = None
+        if onnx:
+            from flax_sentiment.onnx_export import export_onnx
+
+            try:
+                onnx_report = export_onnx(tmp, reloaded, texts,
+                                          max_length=_max_tokens(model, reloaded),
+                                          example_texts=ONNX_EXAMPLE_TEXTS, tolerance=tolerance)
+            except ParityError as e:
+                raise ParityError(f"{output}: {e}") from None
+        check_output(output, overwrite)  # it may have appeared while we worked
         files = sorted(p.name for p in tmp.iterdir())
         _replace(tmp, output)
     except BaseException:
@@ -312,6 +341,8 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
               "label_names": label_names, "model_type": arch.model_type,
               "hf_class": arch.hf_class, "max_abs_diff": diff, "tolerance": limit,
               "num_parity_texts": len(texts), "weights_bytes": size, "files": files}
+    if onnx_report is not None:
+        report["onnx"] = onnx_report
     log.info("exported %s (%s, %d labels) to %s; PyTorch logits within %.2g of ours",
              arch.hf_class, dtype, num_labels, output, diff)
     return report

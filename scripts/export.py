@@ -1,13 +1,17 @@
 """python scripts/export.py --workdir DIR --output OUT [--step N | --best] [--dtype bfloat16]
-                          [--overwrite] [--compare_split SPLIT] [--config.data.KEY=VALUE ...]
+                          [--onnx] [--card_splits validation,test] [--overwrite]
+                          [--compare_split SPLIT] [--config.data.KEY=VALUE ...]
 
-Writes a Hugging Face PyTorch folder (config.json, model.safetensors, tokenizer) that
-`AutoModelForSequenceClassification.from_pretrained(OUT)` loads, after checking that its logits
-match the JAX model's; on a mismatch nothing is left at OUT. --compare_split also reports JAX vs
+Writes a Hugging Face PyTorch folder (config.json, model.safetensors, tokenizer, README.md model
+card) that `AutoModelForSequenceClassification.from_pretrained(OUT)` loads, after checking that
+its logits match the JAX model's; on a mismatch nothing is left at OUT. The card's numbers are
+the exported step's on --card_splits (default: the run's eval split). --onnx adds model.onnx,
+checked against the PyTorch folder with onnxruntime. --compare_split also reports JAX vs
 PyTorch accuracy on a whole split of the run's data (`--config.data.*` chooses other data).
 """
 
 import json
+from pathlib import Path
 
 from absl import flags
 
@@ -19,20 +23,37 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Stora
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty OUT.")
 flags.DEFINE_float("tolerance", 1e-4, "Max abs logit difference allowed (float32; scaled for "
                    "16-bit storage).")
+flags.DEFINE_bool("onnx", False, "Also write model.onnx (checked with onnxruntime).")
+flags.DEFINE_list("card_splits", None, "Splits the model card reports, evaluated at the "
+                  "exported step (default: the run's eval split; empty: none).")
 flags.DEFINE_string("compare_split", None, "Also report JAX vs PyTorch accuracy on this split.")
 SAVED = cli.define_workdir_flags()
 
 
 def main(argv):
-    from flax_sentiment.config import with_overrides
-    from flax_sentiment.export import compare_on_split, export_hf
+    from flax_sentiment.card import evaluate_step, model_card
+    from flax_sentiment.config import option, with_overrides
+    from flax_sentiment.export import check_output, compare_on_split, export_hf
     from flax_sentiment.workdir import load_run
 
-    run = load_run(FLAGS.workdir, cli.checkpoint_step(), dtype="float32")
-    config = with_overrides(run.config, cli.run_overrides(SAVED))
+    if FLAGS.onnx:  # before any work: a missing package is one line, and nothing is written
+        from flax_sentiment.onnx_export import require_onnx
+
+        require_onnx()
+    check_output(FLAGS.output, FLAGS.overwrite)
+    overrides = cli.run_overrides(SAVED)
+    weights = {"weights": overrides["eval.weights"]} if "eval.weights" in overrides else {}
+    run = load_run(FLAGS.workdir, cli.checkpoint_step(), dtype="float32", **weights)
+    config = with_overrides(run.config, overrides)
+    splits = FLAGS.card_splits
+    if splits is None:
+        splits = [s for s in [str(option(config.data, "eval_split", ""))] if s]
+    card = model_card(run, evaluate_step(run, splits, overrides),
+                      model_name=Path(FLAGS.output).expanduser().absolute().name,
+                      dtype=FLAGS.dtype, onnx=FLAGS.onnx)
     report = export_hf(run.model, run.arch, run.hf_config, run.tokenizer, run.label_names,
                        FLAGS.output, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite,
-                       tolerance=FLAGS.tolerance)
+                       tolerance=FLAGS.tolerance, card=card, onnx=FLAGS.onnx)
     if FLAGS.compare_split:
         from flax_sentiment.data import load_split, pad_token_id
 
@@ -45,6 +66,9 @@ def main(argv):
     print(json.dumps(report, indent=2, default=str))
     print(f"exported step {run.step} to {report['path']}: max abs logit difference vs PyTorch "
           f"{report['max_abs_diff']:.2e} (tolerance {report['tolerance']:.1e})")
+    if "onnx" in report:
+        print(f"model.onnx: max abs logit difference vs PyTorch (onnxruntime) "
+              f"{report['onnx']['max_abs_diff']:.2e}")
 
 
 if __name__ == "__main__":
