@@ -36,6 +36,22 @@ def tiny_bert(folder: Path, *, dropout: float = 0.1, seed: int = 0, model_type: 
         cfg, cls = T.AlbertConfig(**common, embedding_size=16), T.AlbertModel
     elif model_type == "electra":
         cfg, cls = T.ElectraConfig(**common, embedding_size=16), T.ElectraModel
+    elif model_type == "xlm-roberta":
+        cfg, cls = T.XLMRobertaConfig(**common, type_vocab_size=1), T.XLMRobertaModel
+    elif model_type == "deberta-v2":  # v3's layout: relative positions only, log buckets
+        cfg = T.DebertaV2Config(**common, relative_attention=True, position_biased_input=False,
+                                pos_att_type=["p2c", "c2p"], position_buckets=16,
+                                max_relative_positions=128, share_att_key=True,
+                                norm_rel_ebd="layer_norm", type_vocab_size=0)
+        cls = T.DebertaV2Model
+    elif model_type == "modernbert":  # +-8 token windows, a global layer every 2
+        cfg = T.ModernBertConfig(
+            vocab_size=30522, max_position_embeddings=128, num_attention_heads=4, hidden_size=32,
+            num_hidden_layers=2, intermediate_size=64, local_attention=16,
+            global_attn_every_n_layers=2, embedding_dropout=dropout, attention_dropout=dropout,
+            mlp_dropout=dropout, pad_token_id=0, cls_token_id=101, sep_token_id=102,
+            bos_token_id=101, eos_token_id=102)
+        cls = T.ModernBertModel
     elif model_type == "distilbert":
         cfg = T.DistilBertConfig(vocab_size=30522, max_position_embeddings=128, dim=32,
                                  n_layers=2, n_heads=4, hidden_dim=64, dropout=dropout,

@@ -16,7 +16,15 @@ from flax_sentiment.export import ParityError, export_hf, parity_check
 from flax_sentiment.models.weights import iter_params
 from flax_sentiment.predict import Classifier
 from tests.conftest import MINILM
-from tests.test_models import _albert, _bert, _electra, _roberta
+from tests.test_models import (
+    _albert,
+    _bert,
+    _deberta,
+    _electra,
+    _modernbert,
+    _roberta,
+    _xlm_roberta,
+)
 
 # Tiny models over the real MiniLM (BERT uncased) vocabulary, so a real tokenizer drives them.
 BIG_VOCAB = dict(vocab_size=30522, max_position_embeddings=128)
@@ -29,6 +37,12 @@ TINY = {
                    lambda: T.DistilBertConfig(**BIG_VOCAB, dim=32, n_layers=2, n_heads=4,
                                               hidden_dim=37, num_labels=2)),
     "electra": (T.ElectraForSequenceClassification, lambda: _electra(**BIG_VOCAB, num_labels=3)),
+    "xlm-roberta": (T.XLMRobertaForSequenceClassification,
+                    lambda: _xlm_roberta(**BIG_VOCAB, num_labels=3)),
+    "deberta-v2": (T.DebertaV2ForSequenceClassification,
+                   lambda: _deberta(**BIG_VOCAB, num_labels=3)),
+    "modernbert": (T.ModernBertForSequenceClassification,
+                   lambda: _modernbert(**BIG_VOCAB, num_labels=2)),
 }
 LABELS = {2: ["negative", "positive"], 3: ["negative", "neutral", "positive"]}
 
@@ -77,7 +91,7 @@ def _torch_logits(folder, texts):
     model = T.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
     tok = T.AutoTokenizer.from_pretrained(str(folder))
     enc = tok(texts, padding=True, return_tensors="pt")
-    if model.config.model_type in ("distilbert", "roberta"):
+    if model.config.model_type in ("distilbert", "roberta", "xlm-roberta", "modernbert"):
         enc.pop("token_type_ids", None)
     with torch.no_grad():
         return model(**enc).logits.numpy(), {k: v.numpy() for k, v in enc.items()}
@@ -298,7 +312,8 @@ def sst2_rows(tmp_path_factory, shared_data):
     return sst2_subset(tmp_path_factory.mktemp("sst2"), 64, 48)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "albert", "distilbert", "electra"])
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "albert", "distilbert", "electra",
+                                        "xlm-roberta", "deberta-v2", "modernbert"])
 def test_trained_workdir_exports_with_parity(model_type, sst2_rows, tmp_path):
     """Train a few steps (the head leaves its initial values), export, load in transformers."""
     from flax_sentiment.train import train_and_evaluate

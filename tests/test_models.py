@@ -43,6 +43,32 @@ def _electra(**kw):
                               "num_hidden_layers": 2, "intermediate_size": 37, **kw})
 
 
+def _xlm_roberta(**kw):
+    return T.XLMRobertaConfig(**{**SMALL, "hidden_size": 32, "num_hidden_layers": 2,
+                                 "intermediate_size": 37, "pad_token_id": 1, "type_vocab_size": 1,
+                                 **kw})
+
+
+def _deberta(**kw):
+    """DeBERTa-v3's layout: relative attention only (no position table, no token types),
+    log buckets past +-4 within 64, shared keys, LayerNormed relative embeddings."""
+    return T.DebertaV2Config(**{**SMALL, "hidden_size": 32, "num_hidden_layers": 2,
+                                "intermediate_size": 37, "relative_attention": True,
+                                "position_biased_input": False, "pos_att_type": ["p2c", "c2p"],
+                                "position_buckets": 8, "max_relative_positions": 64,
+                                "share_att_key": True, "norm_rel_ebd": "layer_norm",
+                                "type_vocab_size": 0, **kw})
+
+
+def _modernbert(**kw):
+    """Windows of +-3 tokens (shorter than the test sequences), a global layer every 2."""
+    return T.ModernBertConfig(**{**SMALL, "hidden_size": 32, "num_hidden_layers": 3,
+                                 "intermediate_size": 37, "local_attention": 6,
+                                 "global_attn_every_n_layers": 2, "pad_token_id": 0,
+                                 "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1,
+                                 "sep_token_id": 2, **kw})
+
+
 CASES = {
     "bert": (T.BertForSequenceClassification, _bert(num_labels=3), True),
     "bert-relu-2labels": (T.BertForSequenceClassification,
@@ -93,10 +119,12 @@ def _randomise(model, seed=0):
         for m in model.modules():
             if isinstance(m, torch.nn.Linear):
                 m.weight.normal_(0, m.in_features ** -0.5, generator=gen)
-                m.bias.normal_(0, 0.2, generator=gen)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.2, generator=gen)
             elif isinstance(m, torch.nn.LayerNorm):
                 m.weight.normal_(1, 0.3, generator=gen)
-                m.bias.normal_(0, 0.3, generator=gen)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.3, generator=gen)
             elif isinstance(m, torch.nn.Embedding):
                 m.weight.normal_(0, 0.02, generator=gen)
             else:
@@ -322,7 +350,17 @@ DROPOUT_CASES = {
     "albert": _albert(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2,
                       classifier_dropout_prob=0.3),
     "distilbert": _distilbert(dropout=0.1, attention_dropout=0.2, seq_classif_dropout=0.3),
+    "xlm-roberta": _xlm_roberta(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2,
+                                classifier_dropout=0.3),
+    # transformers 5 dropped DeBERTa's StableDropout for nn.Dropout (F.dropout): recorded too,
+    # including the dropout on the relative embeddings in every layer. pooler_dropout: 0.4.
+    "deberta-v2": _deberta(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2,
+                           cls_dropout=0.3, pooler_dropout=0.4),
+    # ModernBERT: embeddings 0.1, attention probabilities and output 0.2, inside the MLP 0.3.
+    "modernbert": _modernbert(embedding_dropout=0.1, attention_dropout=0.2, mlp_dropout=0.3,
+                              classifier_dropout=0.4),
 }
+DROPOUT_RATES = {"deberta-v2": {0.1, 0.2, 0.3, 0.4}, "modernbert": {0.1, 0.2, 0.3, 0.4}}
 
 
 @pytest.mark.parametrize("arch", sorted(DROPOUT_CASES))
@@ -355,7 +393,7 @@ def test_dropout_calls_match_transformers(arch, tmp_path, monkeypatch):
     monkeypatch.setattr(Dropout, "__call__", record_ours)
     _torch_logits(ref, ids, mask, types)
     ours(ids, mask, types, deterministic=False, dropout_rng=jax.random.key(0))
-    assert {p for p, _ in torch_calls} == {0.1, 0.2, 0.3}
+    assert {p for p, _ in torch_calls} == DROPOUT_RATES.get(arch, {0.1, 0.2, 0.3})
     assert our_calls == torch_calls
 
 

@@ -3,7 +3,8 @@ parameter paths are named in that architecture's checkpoints.
 
 The name rules are the one mapping both directions use: import looks up, for each of our
 parameters, the checkpoint tensor its rule names; export writes each parameter under that name.
-Adding an architecture means adding one `Architecture` entry here.
+Adding an architecture means adding one `Architecture` entry here (and, for a new kind of
+layer, an architecture-neutral option on `EncoderConfig` that `layers.py` honours).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.config import EncoderConfig
@@ -103,6 +104,10 @@ def _bert_config(hf: dict[str, Any]) -> EncoderConfig:
     )
 
 
+def _refuse(option: str, value: Any, why: str) -> NoReturn:
+    raise UserError(f"config.json: {option}={value!r} is not supported ({why})")
+
+
 def _roberta_config(hf: dict[str, Any]) -> EncoderConfig:
     return _bert_config(hf).replace(padding_aware_positions=True, head_dropout_first=True,
                                     pad_token_id=hf.get("pad_token_id", 1))
@@ -158,6 +163,157 @@ def _distilbert_config(hf: dict[str, Any]) -> EncoderConfig:
     )
 
 
+def _deberta_v2_config(hf: dict[str, Any]) -> EncoderConfig:
+    """DeBERTa-v2/v3: disentangled relative-position attention, ContextPooler head."""
+    cfg = _bert_config({"type_vocab_size": 0, "layer_norm_eps": 1e-7, **hf,
+                        "position_embedding_type": None})
+    h = cfg.hidden_size
+    if (hf.get("conv_kernel_size") or 0) > 0:
+        _refuse("conv_kernel_size", hf["conv_kernel_size"], "DeBERTa-v2's convolution layer is "
+                "not implemented; DeBERTa-v3 has none")
+    for key in ("embedding_size", "pooler_hidden_size"):
+        if hf.get(key) not in (None, h):
+            _refuse(key, hf[key], f"only hidden_size {h}")
+    if hf.get("attention_head_size") not in (None, cfg.head_dim):
+        _refuse("attention_head_size", hf["attention_head_size"],
+                f"only hidden_size / num_attention_heads = {cfg.head_dim}")
+    pos_att = hf.get("pos_att_type") or []
+    if isinstance(pos_att, str):
+        pos_att = [x.strip() for x in pos_att.lower().split("|")]
+    if not set(pos_att) <= {"c2p", "p2c"}:
+        _refuse("pos_att_type", hf["pos_att_type"], "only 'c2p' and 'p2c'")
+    norm_rel = [x.strip() for x in str(hf.get("norm_rel_ebd") or "none").lower().split("|")]
+    if not set(norm_rel) <= {"none", "layer_norm"}:
+        _refuse("norm_rel_ebd", hf["norm_rel_ebd"], "only 'none' or 'layer_norm'")
+    max_relative = hf.get("max_relative_positions") or -1
+    if max_relative < 1:
+        max_relative = cfg.max_position_embeddings
+    hidden_dropout = hf.get("hidden_dropout_prob", 0.1)
+    return cfg.replace(
+        absolute_positions=hf.get("position_biased_input", True),
+        pad_token_id=hf.get("pad_token_id") or 0,
+        relative_attention=hf.get("relative_attention", False),
+        c2p="c2p" in pos_att,
+        p2c="p2c" in pos_att,
+        position_buckets=max(hf.get("position_buckets") or 0, 0),
+        max_relative_positions=max_relative,
+        share_att_key=hf.get("share_att_key", False),
+        norm_rel_embeddings="layer_norm" in norm_rel,
+        head_activation=hf.get("pooler_hidden_act", "gelu"),
+        head_dropout_first=True,
+        head_input_dropout=float(hf.get("pooler_dropout") or 0.0),
+        classifier_dropout=_dropout(hf.get("cls_dropout"), hidden_dropout),
+    )
+
+
+_ROPE_KEYS = {"rope_type", "rope_theta"}
+
+
+def _rope_theta(hf: dict[str, Any], kind: str, old_key: str, default: float) -> float:
+    """The theta of ModernBERT's `kind` layers ("full_attention" / "sliding_attention"), from
+    `rope_parameters` (transformers 5) or the older `global_rope_theta` / `local_rope_theta`."""
+    params = (hf.get("rope_parameters") or {}).get(kind) or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        _refuse(f"rope_parameters[{kind!r}].rope_type", rope_type, "only 'default' rotary")
+    extra = sorted(set(params) - _ROPE_KEYS - {"type"})
+    if extra:
+        _refuse(f"rope_parameters[{kind!r}].{extra[0]}", params[extra[0]],
+                "only plain rotary embeddings (rope_type 'default', rope_theta)")
+    theta = params.get("rope_theta", hf.get(old_key))
+    return float(default if theta is None else theta)
+
+
+def _modernbert_config(hf: dict[str, Any]) -> EncoderConfig:
+    """ModernBERT: pre-norm, bias-free LayerNorms, rotary positions, GeGLU, sliding-window
+    attention on all but every n-th layer, a dense+act+norm head over CLS or mean pooling."""
+    pooling = hf.get("classifier_pooling", "cls")
+    if pooling not in ("cls", "mean"):
+        _refuse("classifier_pooling", pooling, "use 'cls' or 'mean'")
+    if hf.get("rope_scaling"):
+        _refuse("rope_scaling", hf["rope_scaling"], "only plain rotary embeddings")
+    hidden, heads = _require(hf, "hidden_size"), _require(hf, "num_attention_heads")
+    if hf.get("head_dim") not in (None, hidden // heads):
+        _refuse("head_dim", hf["head_dim"], "only hidden_size / num_attention_heads")
+    layers = _require(hf, "num_hidden_layers")
+    every = int(hf.get("global_attn_every_n_layers") or 3)
+    types = hf.get("layer_types")
+    if types is not None:
+        full = [i for i, t in enumerate(types) if t == "full_attention"]
+        every = full[1] if len(full) > 1 else max(layers, 1)
+        expected = ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
+        if list(types) != expected:
+            _refuse("layer_types", types, "only a global layer every n layers, from the first")
+    dropout = hf.get("attention_dropout", 0.0)
+    return EncoderConfig(
+        model_type="modernbert",
+        vocab_size=_require(hf, "vocab_size"),
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=_require(hf, "intermediate_size"),
+        max_position_embeddings=hf.get("max_position_embeddings", 8192),
+        embedding_size=hidden,
+        type_vocab_size=0,
+        hidden_act=hf.get("hidden_activation", "gelu"),
+        layer_norm_eps=hf.get("norm_eps", 1e-5),
+        pad_token_id=hf.get("pad_token_id") or 0,
+        # ModernBERT drops after the attention output projection at attention_dropout.
+        hidden_dropout=dropout,
+        attention_dropout=dropout,
+        embedding_dropout=hf.get("embedding_dropout", 0.0),
+        ffn_inner_dropout=hf.get("mlp_dropout", 0.0),
+        ffn_output_dropout=False,
+        classifier_dropout=hf.get("classifier_dropout", 0.0),
+        head_activation=hf.get("classifier_activation", "gelu"),
+        initializer_range=hf.get("initializer_range", 0.02),
+        absolute_positions=False,
+        norm_bias=hf.get("norm_bias", False),
+        pre_norm=True,
+        fused_qkv=True,
+        attention_bias=hf.get("attention_bias", False),
+        ffn_bias=hf.get("mlp_bias", False),
+        gated_ffn=True,
+        rope_theta=_rope_theta(hf, "full_attention", "global_rope_theta", 160_000.0),
+        local_rope_theta=_rope_theta(hf, "sliding_attention", "local_rope_theta", 10_000.0),
+        local_attention=hf.get("local_attention", 128),
+        global_attn_every_n_layers=every,
+        head_pooling=pooling,
+        head_norm=True,
+        head_dense_bias=hf.get("classifier_bias", False),
+    )
+
+
+_DEBERTA_LAYERS = _embedding_rules() + _layer_rules(r"{p}.encoder.layer.\1", {
+    "attention.query": "attention.self.query_proj", "attention.key": "attention.self.key_proj",
+    "attention.value": "attention.self.value_proj",
+    "attention.pos_key": "attention.self.pos_key_proj",
+    "attention.pos_query": "attention.self.pos_query_proj",
+    "attention.out": "attention.output.dense", "attention.norm": "attention.output.LayerNorm",
+    "ffn.inner": "intermediate.dense", "ffn.outer": "output.dense",
+    "ffn.norm": "output.LayerNorm",
+}) + (
+    (r"encoder\.relative\.table", "{p}.encoder.rel_embeddings"),
+    (r"encoder\.relative\.norm", "{p}.encoder.LayerNorm"),
+)
+_MODERNBERT_LAYERS = (
+    (r"encoder\.embeddings\.word", "{p}.embeddings.tok_embeddings"),
+    (r"encoder\.embeddings\.norm", "{p}.embeddings.norm"),
+    (r"encoder\.final_norm", "{p}.final_norm"),
+) + _layer_rules(r"{p}.layers.\1", {
+    "attention.qkv": "attn.Wqkv", "attention.out": "attn.Wo", "attention.norm": "attn_norm",
+    "ffn.inner": "mlp.Wi", "ffn.outer": "mlp.Wo", "ffn.norm": "mlp_norm",
+})
+
+
+def _roberta_like(model_type: str, hf_class: str) -> Architecture:
+    """RoBERTa's architecture (also under the names XLM-RoBERTa and CamemBERT)."""
+    return Architecture(
+        model_type, "roberta", hf_class, _roberta_config, _BERT_LAYERS + _CLS_HEAD,
+        ignored=_BUFFERS + (r"lm_head\..*", r"(roberta\.)?pooler\..*"),
+    )
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     a.model_type: a
     for a in [
@@ -166,11 +322,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             _BERT_LAYERS + _POOLER_HEAD,
             ignored=_BUFFERS + (r"cls\..*",),
         ),
-        Architecture(
-            "roberta", "roberta", "RobertaForSequenceClassification", _roberta_config,
-            _BERT_LAYERS + _CLS_HEAD,
-            ignored=_BUFFERS + (r"lm_head\..*", r"(roberta\.)?pooler\..*"),
-        ),
+        _roberta_like("roberta", "RobertaForSequenceClassification"),
         Architecture(
             "electra", "electra", "ElectraForSequenceClassification", _electra_config,
             _BERT_LAYERS + _CLS_HEAD
@@ -201,6 +353,23 @@ ARCHITECTURES: dict[str, Architecture] = {
                 "ffn.outer": "ffn.lin2", "ffn.norm": "output_layer_norm",
             }) + ((r"head\.dense", "pre_classifier"), (r"head\.out", "classifier")),
             ignored=_BUFFERS + (r"vocab_(transform|layer_norm|projector)\..*",),
+        ),
+        _roberta_like("xlm-roberta", "XLMRobertaForSequenceClassification"),
+        _roberta_like("camembert", "CamembertForSequenceClassification"),
+        Architecture(
+            "deberta-v2", "deberta", "DebertaV2ForSequenceClassification", _deberta_v2_config,
+            _DEBERTA_LAYERS + ((r"head\.dense", "pooler.dense"), (r"head\.out", "classifier")),
+            # v3 checkpoints carry a position table their config does not use (transformers
+            # skips it too), and their pre-training heads.
+            ignored=_BUFFERS + (r"(deberta\.)?embeddings\.position_embeddings\.weight",
+                                r"lm_predictions\..*", r"mask_predictions\..*", r"cls\..*"),
+        ),
+        Architecture(
+            "modernbert", "model", "ModernBertForSequenceClassification", _modernbert_config,
+            # An MLM checkpoint's head.dense / head.norm are the classifier's too (same class).
+            _MODERNBERT_LAYERS + ((r"head\.dense", "head.dense"), (r"head\.norm", "head.norm"),
+                                  (r"head\.out", "classifier")),
+            ignored=_BUFFERS + (r"decoder\..*",),
         ),
     ]
 }

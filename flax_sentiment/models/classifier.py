@@ -7,7 +7,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flax_sentiment.models.config import EncoderConfig
-from flax_sentiment.models.layers import ClassificationHead, Embeddings, TransformerLayer
+from flax_sentiment.models.layers import (
+    ClassificationHead,
+    Embeddings,
+    RelativePositions,
+    TransformerLayer,
+    norm_layer,
+)
 
 
 class Encoder(nnx.Module):
@@ -15,6 +21,7 @@ class Encoder(nnx.Module):
 
     def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.dtype = dtype
         self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
         if cfg.num_hidden_groups:
             # ALBERT: a few groups of layers, reused across the `num_layers` passes.
@@ -26,8 +33,11 @@ class Encoder(nnx.Module):
             self.layers = None
         else:
             self.groups = None
-            self.layers = nnx.List([TransformerLayer(cfg, dtype=dtype, rngs=rngs)
-                                    for _ in range(cfg.num_layers)])
+            self.layers = nnx.List([TransformerLayer(cfg, i, dtype=dtype, rngs=rngs)
+                                    for i in range(cfg.num_layers)])
+        self.relative = (RelativePositions(cfg, dtype=dtype, rngs=rngs)
+                         if cfg.relative_attention or cfg.norm_rel_embeddings else None)
+        self.final_norm = norm_layer(cfg, cfg.hidden_size, rngs) if cfg.pre_norm else None
 
     def _schedule(self) -> list[TransformerLayer]:
         """The layers applied in order, with ALBERT's sharing expanded (same modules reused)."""
@@ -45,11 +55,22 @@ class Encoder(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         # Additive mask as transformers builds it: 0 where attended, the dtype's min where not.
-        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
-                         jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        keep = attention_mask[:, None, None, :] > 0
+        low = jnp.finfo(jnp.float32).min
+        bias = jnp.where(keep, 0.0, low).astype(jnp.float32)
+        layers = self._schedule()
+        local_bias = None
+        if any(layer.local for layer in layers):  # sliding window: |q - k| <= local // 2
+            pos = jnp.arange(input_ids.shape[1])
+            near = jnp.abs(pos[:, None] - pos[None, :]) <= self.cfg.local_attention // 2
+            local_bias = jnp.where(keep & near, 0.0, low).astype(jnp.float32)
+        rel = self.relative(input_ids.shape[1]) if self.cfg.relative_attention else None
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
-        for layer in self._schedule():
-            x = layer(x, bias, deterministic=deterministic, rngs=rngs)
+        for layer in layers:
+            x = layer(x, local_bias if layer.local else bias, rel,
+                      deterministic=deterministic, rngs=rngs)
+        if self.final_norm is not None:
+            x = self.final_norm(x).astype(self.dtype)
         return x
 
 
@@ -73,4 +94,4 @@ class SequenceClassifier(nnx.Module):
         rngs = None if deterministic else nnx.Rngs(dropout=dropout_rng)
         hidden = self.encoder(input_ids, attention_mask, token_type_ids,
                               deterministic=deterministic, rngs=rngs)
-        return self.head(hidden, deterministic=deterministic, rngs=rngs)
+        return self.head(hidden, attention_mask, deterministic=deterministic, rngs=rngs)

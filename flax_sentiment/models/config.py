@@ -8,10 +8,12 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Shape and behaviour of a post-LayerNorm transformer encoder with a classification head.
+    """Shape and behaviour of a transformer encoder with a classification head.
 
-    BERT, RoBERTa, ALBERT, DistilBERT and ELECTRA differ only in the fields below (and in
-    their weight names, see `weights.py`), so one stack serves them all.
+    BERT, RoBERTa (XLM-R, CamemBERT), ALBERT, DistilBERT, ELECTRA, DeBERTa-v2/v3 and ModernBERT
+    differ only in the fields below (and in their weight names, see `architectures.py`), so one
+    stack serves them all. Every field added after the first five architectures defaults to
+    their behaviour, so encoder configs saved before it still load unchanged.
     """
 
     model_type: str
@@ -43,10 +45,53 @@ class EncoderConfig:
     head_dropout_first: bool = False  # RoBERTa/ELECTRA heads apply dropout before the dense layer
     num_labels: int = 2
     initializer_range: float = 0.02
+    # --- Variants of newer encoders. ---
+    absolute_positions: bool = True  # a learned position table (not DeBERTa-v3, ModernBERT)
+    norm_bias: bool = True  # LayerNorms with a bias (ModernBERT's have a scale only)
+    embedding_dropout: float | None = None  # None -> hidden_dropout
+    # Pre-LayerNorm (ModernBERT): x + sublayer(norm(x)), a final norm after the last layer, and
+    # no norm before the first attention (the embeddings were just normed).
+    pre_norm: bool = False
+    fused_qkv: bool = False  # one hidden -> 3*hidden projection, q|k|v (ModernBERT's Wqkv)
+    attention_bias: bool = True  # biases on the q/k/v and output projections
+    ffn_bias: bool = True
+    gated_ffn: bool = False  # GLU: inner gives 2*intermediate, act(first half) * second half
+    ffn_inner_dropout: float = 0.0  # between activation and output projection (ModernBERT)
+    # Rotary position embeddings on q and k (0: none); local layers use their own theta.
+    rope_theta: float = 0.0
+    local_rope_theta: float = 0.0
+    # Sliding-window attention: with local_attention > 0, layer i attends |q - k| <=
+    # local_attention // 2 unless i % global_attn_every_n_layers == 0 (a global layer).
+    local_attention: int = 0
+    global_attn_every_n_layers: int = 1
+    # DeBERTa's disentangled attention: content->position (c2p) and position->content (p2c)
+    # scores from shared relative-position embeddings, bucketed logarithmically beyond
+    # position_buckets // 2. c2p/p2c also set the score scale, even without relative_attention.
+    relative_attention: bool = False
+    c2p: bool = False
+    p2c: bool = False
+    position_buckets: int = 0  # 0 -> no buckets: relative distances clipped at max_relative
+    max_relative_positions: int = 0
+    share_att_key: bool = False  # positions projected by the content query/key projections
+    norm_rel_embeddings: bool = False  # a LayerNorm over the relative embeddings
+    # Head: pooling ("cls": first token, "mean": over the attention mask), a LayerNorm after
+    # the activation (ModernBERT), and the first dropout's own rate (DeBERTa's pooler_dropout).
+    head_pooling: str = "cls"
+    head_norm: bool = False
+    head_dense_bias: bool = True
+    head_input_dropout: float | None = None  # None -> classifier_dropout
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def relative_span(self) -> int:
+        """Relative distances a DeBERTa layer tells apart on each side (its embeddings: 2x)."""
+        return self.position_buckets if self.position_buckets > 0 else self.max_relative_positions
+
+    def is_local_layer(self, index: int) -> bool:
+        return self.local_attention > 0 and index % self.global_attn_every_n_layers != 0
 
     @property
     def max_input_length(self) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flax_sentiment.errors import UserError
@@ -38,17 +39,18 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         ) from None
 
 
-def _linear(cfg: EncoderConfig, din: int, dout: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(cfg: EncoderConfig, din: int, dout: int, dtype, rngs: nnx.Rngs, *,
+            bias: bool = True) -> nnx.Linear:
     return nnx.Linear(
-        din, dout, dtype=dtype, param_dtype=jnp.float32,
+        din, dout, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs,
     )
 
 
-def _norm(cfg: EncoderConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def norm_layer(cfg: EncoderConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # LayerNorm statistics stay float32 even under bfloat16 compute.
-    return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
-                         param_dtype=jnp.float32, rngs=rngs)
+    return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, use_bias=cfg.norm_bias,
+                         dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
 
 
 def _embed(cfg: EncoderConfig, num: int, dim: int, dtype, rngs: nnx.Rngs) -> nnx.Embed:
@@ -155,18 +157,85 @@ class Dropout(nnx.Module):
         return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
 
 
+def rotary(x: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding of `x` [batch, length, heads, head_dim] at positions 0..n-1.
+
+    As transformers computes it (so long positions round alike): float32 inverse frequencies
+    and angles, and the rotate-half layout (dimension i pairs with i + head_dim / 2).
+    """
+    n, d = x.shape[1], x.shape[-1]
+    inv_freq = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
+    angles = jnp.arange(n, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)
+    angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]
+    x32 = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., d // 2:], x32[..., : d // 2]], axis=-1)
+    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def _log_buckets(rel: np.ndarray, buckets: int, max_position: int) -> np.ndarray:
+    """DeBERTa's `make_log_bucket_position`, in float32 like it: distances below buckets // 2
+    stay exact, longer ones share logarithmically wider buckets up to max_position."""
+    mid = buckets // 2
+    abs_pos = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel)).astype(np.float32)
+    log_pos = np.ceil(np.log(abs_pos / np.float32(mid))
+                      / np.log(np.float32((max_position - 1) / mid))
+                      * np.float32(mid - 1)) + np.float32(mid)
+    return np.where(abs_pos <= mid, rel, log_pos * np.sign(rel)).astype(np.int64)
+
+
+def relative_position_index(length: int, cfg: EncoderConfig) -> np.ndarray:
+    """[length, length] rows of DeBERTa's relative embeddings for (query q, key k): the
+    (bucketed) distance q - k shifted by the span and clipped to the table.
+
+    Static for a sequence length, so computed once at trace time. Bucketing is odd in q - k, so
+    the position->content term (distance k - q, negated) uses the same index.
+    """
+    pos = np.arange(length)
+    rel = pos[:, None] - pos[None, :]
+    if cfg.position_buckets > 0 and cfg.max_relative_positions > 0:
+        rel = _log_buckets(rel, cfg.position_buckets, cfg.max_relative_positions)
+    span = cfg.relative_span
+    return np.clip(rel + span, 0, 2 * span - 1).astype(np.int32)
+
+
+class RelativePositions(nnx.Module):
+    """DeBERTa's relative-position embeddings, shared by every layer (optionally LayerNormed):
+    `(table [2 * span, hidden], index [length, length])` for the attention layers.
+
+    transformers builds the norm whenever `norm_rel_ebd` asks, even without relative attention;
+    it is kept then (unused) so that an export has every tensor.
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.table = (_embed(cfg, 2 * cfg.relative_span, cfg.hidden_size, dtype, rngs)
+                      if cfg.relative_attention else None)
+        self.norm = norm_layer(cfg, cfg.hidden_size, rngs) if cfg.norm_rel_embeddings else None
+
+    def __call__(self, length: int) -> tuple[jax.Array, np.ndarray]:
+        table = self.table.embedding[...]
+        if self.norm is not None:
+            table = self.norm(table)
+        return table.astype(self.dtype), relative_position_index(length, self.cfg)
+
+
 class Embeddings(nnx.Module):
     def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype
         self.word = _embed(cfg, cfg.vocab_size, cfg.embedding_size, dtype, rngs)
-        self.position = _embed(cfg, cfg.max_position_embeddings, cfg.embedding_size, dtype, rngs)
+        self.position = (
+            _embed(cfg, cfg.max_position_embeddings, cfg.embedding_size, dtype, rngs)
+            if cfg.absolute_positions else None
+        )
         self.token_type = (
             _embed(cfg, cfg.type_vocab_size, cfg.embedding_size, dtype, rngs)
             if cfg.type_vocab_size > 0 else None
         )
-        self.norm = _norm(cfg, cfg.embedding_size, rngs)
-        self.dropout = Dropout(cfg.hidden_dropout)
+        self.norm = norm_layer(cfg, cfg.embedding_size, rngs)
+        self.dropout = Dropout(cfg.hidden_dropout if cfg.embedding_dropout is None
+                               else cfg.embedding_dropout)
         self.projection = (
             _linear(cfg, cfg.embedding_size, cfg.hidden_size, dtype, rngs)
             if cfg.project_embeddings else None
@@ -179,7 +248,9 @@ class Embeddings(nnx.Module):
         return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
 
     def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs) -> jax.Array:
-        x = self.word(input_ids) + self.position(self.position_ids(input_ids))
+        x = self.word(input_ids)
+        if self.position is not None:
+            x = x + self.position(self.position_ids(input_ids))
         if self.token_type is not None:
             if token_type_ids is None:
                 token_type_ids = jnp.zeros_like(input_ids)
@@ -192,84 +263,184 @@ class Embeddings(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with the residual connection and post-LayerNorm."""
+    """Multi-head self-attention with its residual connection and LayerNorm (after, or before).
 
-    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    Config options: one fused q|k|v projection, rotary positions (`local` layers use their own
+    theta), DeBERTa's disentangled relative-position scores. The additive mask (padding, a
+    sliding window) comes from the encoder. `norm=False`: no norm (ModernBERT's first layer).
+    """
+
+    def __init__(self, cfg: EncoderConfig, *, local: bool = False, norm: bool = True,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         h = cfg.hidden_size
         if h % cfg.num_heads:
             raise UserError(f"hidden_size {h} is not divisible by num_attention_heads "
                             f"{cfg.num_heads}")
         self.num_heads = cfg.num_heads
         self.dtype = dtype
-        self.query = _linear(cfg, h, h, dtype, rngs)
-        self.key = _linear(cfg, h, h, dtype, rngs)
-        self.value = _linear(cfg, h, h, dtype, rngs)
-        self.out = _linear(cfg, h, h, dtype, rngs)
-        self.norm = _norm(cfg, h, rngs)
+        self.pre_norm = cfg.pre_norm
+        bias = cfg.attention_bias
+        if cfg.fused_qkv:
+            self.qkv = _linear(cfg, h, 3 * h, dtype, rngs, bias=bias)
+            self.query = self.key = self.value = None
+        else:
+            self.qkv = None
+            self.query = _linear(cfg, h, h, dtype, rngs, bias=bias)
+            self.key = _linear(cfg, h, h, dtype, rngs, bias=bias)
+            self.value = _linear(cfg, h, h, dtype, rngs, bias=bias)
+        self.out = _linear(cfg, h, h, dtype, rngs, bias=bias)
+        self.norm = norm_layer(cfg, h, rngs) if norm else None
+        self.rope_theta = float(cfg.local_rope_theta if local else cfg.rope_theta)
+        # DeBERTa divides each of its (1 + c2p + p2c) score terms by sqrt(that * head_dim).
+        self.scale = 1 / math.sqrt(cfg.head_dim * (1 + cfg.c2p + cfg.p2c))
+        rel = cfg.relative_attention
+        self.c2p, self.p2c, self.share_att_key = rel and cfg.c2p, rel and cfg.p2c, cfg.share_att_key
+        separate = not cfg.share_att_key
+        self.pos_key = _linear(cfg, h, h, dtype, rngs) if self.c2p and separate else None
+        self.pos_query = _linear(cfg, h, h, dtype, rngs) if self.p2c and separate else None
+        self.pos_dropout = Dropout(cfg.hidden_dropout) if rel else None
         self.attention_dropout = Dropout(cfg.attention_dropout)
         # Rate 0 is the identity: DistilBERT has no dropout after its attention output projection.
         self.dropout = Dropout(cfg.hidden_dropout if cfg.attention_output_dropout else 0.0)
 
-    def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
+    def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         b, n, h = x.shape
-        heads, d = self.num_heads, h // self.num_heads
+        shape = (b, n, self.num_heads, h // self.num_heads)
+        if self.qkv is not None:
+            qkv = self.qkv(x).reshape(b, n, 3, *shape[2:])
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        return (self.query(x).reshape(shape), self.key(x).reshape(shape),
+                self.value(x).reshape(shape))
+
+    def _relative_scores(self, q, k, rel, *, deterministic: bool, rngs) -> jax.Array:
+        """DeBERTa's c2p + p2c terms [batch, heads, q, k]; `q` is already scaled."""
+        table, index = rel
+        table = self.pos_dropout(table, deterministic=deterministic, rngs=rngs)
+        rows, heads, d = table.shape[0], self.num_heads, q.shape[-1]
+        b, n = q.shape[:2]
+        scores = jnp.zeros((b, heads, n, n), jnp.float32)
+        index = jnp.broadcast_to(jnp.asarray(index), (b, heads, n, n))
+        if self.c2p:
+            pos_key = (self.key if self.share_att_key else self.pos_key)(table)
+            c2p = jnp.einsum("bqhd,rhd->bhqr", q, pos_key.reshape(rows, heads, d),
+                             preferred_element_type=jnp.float32)
+            scores = scores + jnp.take_along_axis(c2p, index, axis=-1)
+        if self.p2c:
+            pos_query = (self.query if self.share_att_key else self.pos_query)(table)
+            pos_query = pos_query * jnp.asarray(self.scale, pos_query.dtype)
+            p2c = jnp.einsum("bkhd,rhd->bhkr", k, pos_query.reshape(rows, heads, d),
+                             preferred_element_type=jnp.float32)
+            # [b, h, k, q] at row index[q, k], then to [b, h, q, k].
+            scores = scores + jnp.take_along_axis(p2c, index.swapaxes(-1, -2),
+                                                  axis=-1).swapaxes(-1, -2)
+        return scores
+
+    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs) -> jax.Array:
+        b, n, h = x.shape
+        y = self.norm(x).astype(self.dtype) if self.pre_norm and self.norm is not None else x
+        q, k, v = self._project(y)
+        if self.rope_theta:
+            q, k = rotary(q, self.rope_theta), rotary(k, self.rope_theta)
         # Scale q (b*n*h values) rather than the scores (b*h*n*n), as PyTorch's SDPA does.
-        q = (self.query(x) * jnp.asarray(1 / math.sqrt(d), x.dtype)).reshape(b, n, heads, d)
-        k = self.key(x).reshape(b, n, heads, d)
-        v = self.value(x).reshape(b, n, heads, d)
+        q = q * jnp.asarray(self.scale, q.dtype)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        if rel is not None:
+            scores = scores + self._relative_scores(q, k, rel, deterministic=deterministic,
+                                                    rngs=rngs)
         scores = scores + bias
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, h)
         y = self.dropout(self.out(ctx), deterministic=deterministic, rngs=rngs)
+        if self.pre_norm:
+            return x + y
         return self.norm(y + x).astype(self.dtype)
 
 
 class FeedForward(nnx.Module):
+    """inner -> activation (or GLU) -> [dropout] -> outer -> dropout, residual, LayerNorm."""
+
     def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.dtype = dtype
+        self.pre_norm = cfg.pre_norm
+        self.gated = cfg.gated_ffn
         self.act = activation(cfg.hidden_act)
-        self.inner = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, dtype, rngs)
-        self.outer = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, dtype, rngs)
-        self.norm = _norm(cfg, cfg.hidden_size, rngs)
+        width = cfg.intermediate_size * (2 if cfg.gated_ffn else 1)
+        self.inner = _linear(cfg, cfg.hidden_size, width, dtype, rngs, bias=cfg.ffn_bias)
+        self.outer = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, dtype, rngs,
+                             bias=cfg.ffn_bias)
+        self.norm = norm_layer(cfg, cfg.hidden_size, rngs)
+        self.inner_dropout = Dropout(cfg.ffn_inner_dropout)
         # ALBERT builds this dropout but never applies it: rate 0, the identity.
         self.dropout = Dropout(cfg.hidden_dropout if cfg.ffn_output_dropout else 0.0)
 
     def __call__(self, x, *, deterministic: bool, rngs) -> jax.Array:
-        y = self.outer(self.act(self.inner(x)))
-        y = self.dropout(y, deterministic=deterministic, rngs=rngs)
+        y = self.inner(self.norm(x).astype(self.dtype) if self.pre_norm else x)
+        if self.gated:
+            y, gate = jnp.split(y, 2, axis=-1)
+            y = self.act(y) * gate
+        else:
+            y = self.act(y)
+        y = self.inner_dropout(y, deterministic=deterministic, rngs=rngs)
+        y = self.dropout(self.outer(y), deterministic=deterministic, rngs=rngs)
+        if self.pre_norm:
+            return x + y
         return self.norm(y + x).astype(self.dtype)
 
 
 class TransformerLayer(nnx.Module):
-    def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.attention = Attention(cfg, dtype=dtype, rngs=rngs)
+    """Attention then feed-forward; `index` (depth) decides local vs global attention and
+    whether a pre-norm stack norms the attention input (not at depth 0)."""
+
+    def __init__(self, cfg: EncoderConfig, index: int = 0, *, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.local = cfg.is_local_layer(index)
+        self.attention = Attention(cfg, local=self.local, norm=not (cfg.pre_norm and index == 0),
+                                   dtype=dtype, rngs=rngs)
         self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, bias, *, deterministic: bool, rngs) -> jax.Array:
-        x = self.attention(x, bias, deterministic=deterministic, rngs=rngs)
+    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs) -> jax.Array:
+        x = self.attention(x, bias, rel, deterministic=deterministic, rngs=rngs)
         return self.ffn(x, deterministic=deterministic, rngs=rngs)
 
 
 class ClassificationHead(nnx.Module):
-    """first token -> [dropout] -> dense -> activation -> dropout -> out.
+    """pool -> [dropout] -> dense -> activation -> [norm] -> dropout -> out.
 
+    Pooling takes the first token, or the mean over the attention mask (ModernBERT's "mean").
     BERT/ALBERT (pooler + classifier, tanh) and DistilBERT (pre_classifier, relu) skip the first
-    dropout; RoBERTa (tanh) and ELECTRA (gelu) apply it.
+    dropout; RoBERTa (tanh), ELECTRA (gelu) and DeBERTa (gelu, its own pooler_dropout rate)
+    apply it. ModernBERT norms after the activation.
     """
 
     def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        if cfg.head_pooling not in ("cls", "mean"):
+            raise UserError(f"head pooling {cfg.head_pooling!r} is not supported "
+                            "(use 'cls' or 'mean')")
         self.act = activation(cfg.head_activation)
-        self.dropout_first = cfg.head_dropout_first
-        self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs)
+        self.pooling = cfg.head_pooling
+        self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, dtype, rngs,
+                             bias=cfg.head_dense_bias)
+        self.norm = norm_layer(cfg, cfg.hidden_size, rngs) if cfg.head_norm else None
         self.out = _linear(cfg, cfg.hidden_size, cfg.num_labels, dtype, rngs)
+        first = cfg.classifier_dropout if cfg.head_input_dropout is None else cfg.head_input_dropout
+        self.input_dropout = Dropout(first) if cfg.head_dropout_first else None
         self.dropout = Dropout(cfg.classifier_dropout)
 
-    def __call__(self, hidden, *, deterministic: bool, rngs) -> jax.Array:
-        x = hidden[:, 0]
-        if self.dropout_first:
-            x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+    def __call__(self, hidden, attention_mask=None, *, deterministic: bool, rngs) -> jax.Array:
+        if self.pooling == "mean":
+            if attention_mask is None:
+                attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
+            weights = attention_mask.astype(jnp.float32)[..., None]
+            # At least 1: an all-padding row gives zeros, not NaN (transformers: NaN).
+            x = (hidden.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+            x = x.astype(hidden.dtype)
+        else:
+            x = hidden[:, 0]
+        if self.input_dropout is not None:
+            x = self.input_dropout(x, deterministic=deterministic, rngs=rngs)
         x = self.act(self.dense(x))
+        if self.norm is not None:
+            x = self.norm(x).astype(hidden.dtype)
         x = self.dropout(x, deterministic=deterministic, rngs=rngs)
         return self.out(x).astype(jnp.float32)
