@@ -95,6 +95,11 @@ def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
                    batch_size: int = 128, write_cache: bool = True) -> np.ndarray:
     """float32 `[len(split), len(specs), classes]`: each teacher's logits on `split`'s texts,
     read from `cache_dir` when this exact set was computed before."""
+    import jax
+
+    if jax.process_count() > 1:  # predict.Classifier batches for one process
+        raise UserError("config train.teacher: distillation runs on one process (one host, "
+                        "any number of local devices); several processes are not supported")
     if data.text_pair_column:
         raise UserError("config train.teacher: distillation of text-pair tasks "
                         f"(data.text_pair_column={data.text_pair_column!r}) is not supported")
