@@ -121,9 +121,13 @@ def write_average(sources: Sequence[tuple[str | Path, int]], output: str | Path,
     config = first.read_config()
     if config is None:
         raise UserError(f"{first.path}: no config.json")
-    # The average is plain parameters: no moving average of its own, not resumable.
+    # The average is plain parameters: no moving average of its own, not resumable, and of
+    # LoRA runs the mean of their merged weights (no adapters of its own).
     config.train.ema_decay = 0.0
     config.eval.weights = "raw"
+    if "lora" in config.model:
+        config.model.lora.rank = None
+    meta = {k: v for k, v in meta.items() if k != "lora"}
     meta = dict(meta, config=json.loads(config.to_json()),
                 averaged_from=[{"workdir": str(Path(w).absolute()), "step": int(s),
                                 "weights": weights or "auto"} for w, s in sources])

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from flax_sentiment.batching import DEFAULT_BUCKETS
 from flax_sentiment.errors import UserError
@@ -68,6 +69,18 @@ def base_config() -> ml_collections.ConfigDict:
     # train.seed (data order, dropout), so runs of several seeds start from one model and their
     # checkpoints can be averaged (scripts/average.py).
     c.model.head_seed = 0
+    # LoRA: low-rank adapters on chosen linear layers of the frozen encoder, trained with the
+    # head (flax_sentiment/lora.py). rank None = off (every parameter trains).
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = placeholder(int)
+    c.model.lora.alpha = 16.0  # the adapters' update is scaled by alpha / rank
+    # 'query_value' (the query and value projections, or the fused q|k|v matrix of models that
+    # have one), 'all' (every linear layer of the encoder), or comma-separated layer names
+    # ('attention.query,attention.value,ffn.inner') or full paths ('encoder.layers.5.ffn.inner').
+    c.model.lora.targets = "query_value"
+    # Dropout on the adapters' input (PEFT's lora_dropout). Only 0: adapters are applied merged
+    # into the frozen weights, where it cannot be expressed.
+    c.model.lora.dropout = 0.0
 
     c.data = default_data_config()
 
@@ -220,6 +233,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "eval.weights", "ema", "needs train.ema_decay > 0 (the run keeps no average)")
     need(option(config.model, "reinit_layers", 0) >= 0, "model.reinit_layers",
          config.model.get("reinit_layers"), "must be >= 0")
+    lora = option(config.model, "lora", None)
+    if option(lora, "rank", None) is not None:
+        rank = lora.rank
+        need(isinstance(rank, int) and rank > 0, "model.lora.rank", rank,
+             "must be an integer > 0 (leave it unset, None, to fine-tune every parameter)")
+        need(option(lora, "alpha", 0.0) > 0, "model.lora.alpha", lora.get("alpha"),
+             "must be > 0")
+        need(option(lora, "dropout", 0.0) == 0, "model.lora.dropout", lora.get("dropout"),
+             "must be 0: adapters are applied merged into the frozen weights, where dropout on "
+             "their input alone cannot be expressed (PEFT's default lora_dropout is 0 too)")
+        need(bool(str(option(lora, "targets", "")).strip()), "model.lora.targets",
+             lora.get("targets"), "must name layers: 'query_value', 'all' or layer names")
+        need(option(config.model, "reinit_layers", 0) == 0, "model.reinit_layers",
+             config.model.get("reinit_layers"), "must be 0 with LoRA (model.lora.rank set): "
+             "the encoder stays frozen, so re-initialised layers would stay random")
     teacher = option(t, "teacher", ())
     need(isinstance(teacher, tuple | list) and all(isinstance(x, str) and x for x in teacher),
          "train.teacher", teacher, "must be a tuple of workdirs or model folders, e.g. "

@@ -5,6 +5,10 @@ model for everything else (the loop's evaluation, `evaluate`, `predict`, export'
 comparison, the benchmark) and returns what each needs: additive per-class counts (metrics),
 probabilities and logits, and the batch's `index` (predictions back to rows). `Steps` jits them
 with explicit shardings over the mesh; an inference-only `Steps` builds no optimizer.
+
+With LoRA (`lora.LoraSpec`) the state's `params` are the trainable ones only (head and
+adapters): the frozen base is one more replicated argument of both steps (never donated,
+differentiated or checkpointed), merged with them inside the step.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from flax_sentiment import batching, parallel
 from flax_sentiment import metrics as metrics_lib
 from flax_sentiment.config import option
 from flax_sentiment.errors import UserError
+from flax_sentiment.lora import LoraSpec
 from flax_sentiment.models.functional import ModelDef, Params
 
 Batch = dict[str, jax.Array]
@@ -32,7 +37,7 @@ Batch = dict[str, jax.Array]
 @struct.dataclass
 class TrainState:
     step: jax.Array  # int32 scalar
-    params: Params
+    params: Params  # the trainable parameters: all of them, or with LoRA the head and adapters
     opt_state: optax.OptState
     rng: jax.Array  # raw uint32[2] key: a plain array checkpoints and reshards like any other
     # Exponential moving average of `params` (train.ema_decay > 0), else None (not saved).
@@ -188,21 +193,32 @@ def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, 
     return jnp.sum(batch["weights"] * ce), (jnp.sum(w), jnp.sum(correct))
 
 
+def full_params(params: Params, frozen: Params | None, lora: LoraSpec | None) -> Params:
+    """What the model runs on: `params` itself, or with LoRA the frozen base and the adapters
+    merged (`lora.LoraSpec.merge`)."""
+    return params if lora is None else lora.merge(params, frozen)
+
+
 def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_labels: int,
-                    num_layers: int = 0) -> Callable[[TrainState, Batch, dict[str, jax.Array]],
-                                  tuple[TrainState, Batch]]:
-    """`train_step(state, batch, h)`; `h` = `hyperparameters(...)`, arguments of the step."""
-    grad_fn = jax.value_and_grad(loss_sum, argnums=1, has_aux=True)
+                    num_layers: int = 0, lora: LoraSpec | None = None
+                    ) -> Callable[..., tuple[TrainState, Batch]]:
+    """`train_step(state, batch, h)`; `h` = `hyperparameters(...)`, arguments of the step.
+    With `lora`: `train_step(state, batch, h, frozen)`, gradients for `state.params` alone."""
+
+    def loss(params, frozen, *args, **kwargs):
+        return loss_sum(model_def, full_params(params, frozen, lora), *args, **kwargs)
+
+    grad_fn = jax.value_and_grad(loss, argnums=0, has_aux=True)
     k = t.grad_accum_steps
 
-    def train_step(state: TrainState, batch: Batch, h: dict[str, jax.Array]
-                   ) -> tuple[TrainState, Batch]:
+    def train_step(state: TrainState, batch: Batch, h: dict[str, jax.Array],
+                   frozen: Params | None = None) -> tuple[TrainState, Batch]:
         tx = make_optimizer(t, h, num_layers)
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def micro(i, mb):
             rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(step_rng), i))
-            (loss, (w, correct)), grads = grad_fn(model_def, state.params, mb, rng,
+            (loss, (w, correct)), grads = grad_fn(state.params, frozen, mb, rng,
                                                   num_labels=num_labels,
                                                   label_smoothing=h["label_smoothing"],
                                                   class_weights=h["class_weights"],
@@ -247,17 +263,19 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
     return train_step
 
 
-def make_model_step(model_def: ModelDef, num_labels: int
-                    ) -> Callable[[Params, Batch], dict[str, jax.Array]]:
-    """The one forward pass on a batch that is not training.
+def make_model_step(model_def: ModelDef, num_labels: int, lora: LoraSpec | None = None
+                    ) -> Callable[..., dict[str, jax.Array]]:
+    """The one forward pass on a batch that is not training (`model_step(params, batch)`, with
+    `lora` `model_step(params, batch, frozen)`).
 
     `counts` are additive per-class sums (padded rows weigh 0, so any batching gives the same
     metrics); `probabilities` and `predicted` come from the same logits the counts use.
     """
 
-    def model_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
-        logits = model_def.merge(params)(batch["input_ids"], batch["attention_mask"],
-                                         batch.get("token_type_ids"))
+    def model_step(params: Params, batch: Batch, frozen: Params | None = None
+                   ) -> dict[str, jax.Array]:
+        model = model_def.merge(full_params(params, frozen, lora))
+        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         return {
             "counts": metrics_lib.batch_counts(logits, batch["labels"], batch["weights"],
                                                num_labels),
@@ -306,18 +324,27 @@ class Steps:
     `Steps(model_def, num_labels, mesh)` runs the model only (evaluation, prediction, export:
     no optimizer is built); `train=config.train, total_steps=N` adds the optimizer, the train
     step, the initial state and the abstract state (with shardings) that checkpoints restore to.
+    With `lora` and the `frozen` base, the parameters it takes and trains are the head's and
+    the adapters' (`lora.LoraSpec.abstract_trainable`).
     """
 
     def __init__(self, model_def: ModelDef, num_labels: int, mesh: jax.sharding.Mesh, *,
-                 train: ml_collections.ConfigDict | None = None, total_steps: int = 0):
+                 train: ml_collections.ConfigDict | None = None, total_steps: int = 0,
+                 lora: LoraSpec | None = None, frozen: Params | None = None):
         self.model_def, self.num_labels, self.mesh = model_def, num_labels, mesh
         self.replicated = parallel.replicated(mesh)
         self.data_sharding = parallel.data_sharded(mesh)
-        key = (model_def.key(), num_labels, mesh)
+        self.lora = lora
+        if lora is not None and frozen is None:
+            raise ValueError("Steps with lora needs the frozen base parameters")
+        # The frozen base: one more argument of each step (nothing without LoRA).
+        self._frozen = () if lora is None else (replicate(jax.device_get(frozen), mesh),)
+        more = () if lora is None else (self.replicated,)
+        key = (model_def.key(), num_labels, mesh) + (() if lora is None else (lora.key(),))
         if ("model", *key) not in _JITTED:
             _JITTED[("model", *key)] = jax.jit(
-                make_model_step(model_def, num_labels),
-                in_shardings=(self.replicated, self.data_sharding),
+                make_model_step(model_def, num_labels, lora),
+                in_shardings=(self.replicated, self.data_sharding, *more),
                 out_shardings=self.replicated)
         self.model_step = _JITTED[("model", *key)]
         if train is None:
@@ -334,7 +361,10 @@ class Steps:
                               rng=jax.random.key_data(jax.random.key(seed)),
                               ema=jax.tree.map(jnp.copy, params) if ema else None)
 
-        abstract = jax.eval_shape(init, model_def.abstract_params())
+        trainable = model_def.abstract_params()
+        if lora is not None:
+            trainable = lora.abstract_trainable(trainable)
+        abstract = jax.eval_shape(init, trainable)
         self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
         self.abstract_state = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -344,17 +374,18 @@ class Steps:
         if ("train", *key, static) not in _JITTED:
             _JITTED[("train", *key, static)] = jax.jit(
                 make_train_step(model_def, train, num_labels=num_labels,
-                                num_layers=num_layers),
-                in_shardings=(self.state_sharding, self.data_sharding, self.replicated),
+                                num_layers=num_layers, lora=lora),
+                in_shardings=(self.state_sharding, self.data_sharding, self.replicated, *more),
                 out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
         self.train_step_jit = _JITTED[("train", *key, static)]
 
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
         """The jitted `train_step(state, batch, hparams)` with this run's hyperparameters."""
-        return self.train_step_jit(state, batch, self.hparams)
+        return self.train_step_jit(state, batch, self.hparams, *self._frozen)
 
     def init_state(self, params: Params) -> TrainState:
-        """A fresh train state (step 0, new optimizer moments) from these parameters."""
+        """A fresh train state (step 0, new optimizer moments) from these (trainable)
+        parameters."""
         return self._init(replicate(jax.device_get(params), self.mesh))
 
     def place(self, params: Params) -> Params:
@@ -367,7 +398,7 @@ class Steps:
         with batching.prefetch(iter(batches), 2,
                                lambda b: batching.shard_batch(b, self.data_sharding)) as it:
             for batch in it:
-                yield self.model_step(params, batch)
+                yield self.model_step(params, batch, *self._frozen)
 
     def evaluate(self, params: Params, batches: Iterable[batching.Batch],
                  label_names: list[str]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_sentiment import batching, data, distill, initialization, parallel
+from flax_sentiment import batching, data, distill, initialization, lora, parallel
 from flax_sentiment import metrics as metrics_lib
 from flax_sentiment.checkpoint import Checkpoints
 from flax_sentiment.config import eval_weights, option, to_json, validate
@@ -50,9 +50,11 @@ log = logging.getLogger(__name__)
 RESUME_KEYS = ("model.name_or_path", "data.name_or_path", "data.subset", "data.label_names",
                "data.label_map", "data.text_column", "data.label_column", "data.max_length",
                "data.buckets", "train.batch_size", "train.seed", "model.reinit_layers",
-               "train.ema_decay", "train.teacher")
+               "train.ema_decay", "train.teacher", "model.lora")
 # What keys added since are taken to be in checkpoints that predate them.
-RESUME_DEFAULTS = {"model.reinit_layers": 0, "train.ema_decay": 0.0, "train.teacher": []}
+RESUME_DEFAULTS = {"model.reinit_layers": 0, "train.ema_decay": 0.0, "train.teacher": [],
+                   "model.lora": {"rank": None, "alpha": 16.0, "targets": "query_value",
+                                  "dropout": 0.0}}
 
 
 class TrainingDiverged(UserError):
@@ -245,17 +247,23 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     check_max_length(config, bundle.config)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
         log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
+    model_def = ModelDef(bundle.model)
+    head_seed = option(config.model, "head_seed", t.seed)
+    pretrained = ModelDef.params_of(bundle.model)
+    # LoRA: its targets are checked before the data is read; the frozen base is the pretrained
+    # model, on resume too (the checkpoints hold only the head and the adapters).
+    lora_spec = lora.spec_from_config(config, model_def.abstract_params())
+    frozen = lora.frozen_params(pretrained) if lora_spec is not None else None
     initial = None
     if resume_step is None:  # checked before the data is read
         initial = initialization.reinit_top_layers(
-            ModelDef.params_of(bundle.model), bundle.config,
-            option(config.model, "reinit_layers", 0), option(config.model, "head_seed", t.seed))
+            pretrained, bundle.config, option(config.model, "reinit_layers", 0), head_seed)
     splits, train_iter, eval_batches = _load_data(config, bundle.tokenizer, mesh, wd)
     total = (t.max_steps if t.max_steps > 0
              else math.ceil(t.num_epochs * train_iter.steps_per_epoch))
 
-    model_def = ModelDef(bundle.model)
-    steps = Steps(model_def, len(label_names), mesh, train=t, total_steps=total)
+    steps = Steps(model_def, len(label_names), mesh, train=t, total_steps=total, lora=lora_spec,
+                  frozen=frozen)
     checkpoints = wd.checkpoints(keep=config.checkpoint.keep, metric=config.eval.metric,
                                  mode=config.eval.metric_mode,
                                  async_save=config.checkpoint.async_save)
@@ -267,8 +275,11 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
                       "model_type": bundle.arch.model_type, "hf_config": bundle.hf_config,
                       "encoder_config": bundle.config.to_dict()},
                 progress={"best_value": None, "best_step": None, "bad_evals": 0})
+    if lora_spec is not None:
+        loop.meta["lora"] = lora_spec.to_meta(initialization.params_digest(frozen))
     if resume_step is not None:
         loop.step, loop.state, extra = checkpoints.restore(steps.abstract_state)  # falls back
+        _check_same_base(extra["meta"], loop.meta, config)
         train_iter.set_state(extra["data"])
         loop.progress = extra["progress"]
         if "init_digest" in extra["meta"]:
@@ -277,9 +288,12 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
         log.info("resumed from %s at step %d (epoch %d)", checkpoints.directory, loop.step,
                  extra["data"]["epoch"])
     else:
-        loop.state = steps.init_state(initial)
-        # Runs with equal digests started from the same model: their checkpoints average.
+        loop.state = steps.init_state(initial if lora_spec is None
+                                      else lora_spec.init(initial, head_seed))
+        # Runs with equal digests started from the same model: their checkpoints average (a
+        # LoRA run's merged weights start at `initial` too: its B matrices start at zero).
         loop.meta["init_digest"] = initialization.params_digest(initial)
+    _log_trainable(loop.state, lora_spec, model_def)
     if parallel.is_main_process():
         wd.write_run_files(config, bundle.tokenizer)
     log.info("%d train examples, %d steps/epoch, %d steps in all; %d device(s), %d process(es)",
@@ -290,6 +304,28 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
                                 lambda b: batching.shard_batch(b, steps.data_sharding))
     loop.data_state = batches.get_state()
     return loop, batches
+
+
+def _check_same_base(saved: dict[str, Any], meta: dict[str, Any],
+                     config: ml_collections.ConfigDict) -> None:
+    """A LoRA checkpoint continues only on the frozen weights it was trained on."""
+    old, new = saved.get("lora"), meta.get("lora")
+    if old and new and old.get("base_digest") != new["base_digest"]:
+        raise UserError(f"cannot resume: the weights of model.name_or_path="
+                        f"{config.model.name_or_path!r} are not the ones this LoRA run started "
+                        "from (the model changed since); use a new --workdir")
+
+
+def _log_trainable(state: TrainState, lora_spec: lora.LoraSpec | None,
+                   model_def: ModelDef) -> None:
+    """What trains and what its optimizer keeps (the LoRA vs full fine-tuning comparison)."""
+    total = sum(math.prod(v.shape) for v in model_def.abstract_params().values())
+    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
+    if lora_spec is not None:
+        log.info("%s", lora.describe(lora_spec, state.params, total))
+    n = sum(math.prod(v.shape) for v in state.params.values())
+    log.info("%d trainable parameters (of %d in the model); optimizer state %.1f MB", n,
+             total, opt_bytes / 2**20)
 
 
 def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh,

@@ -3,7 +3,9 @@
 `config.json` (resolved config), `tokenizer/`, `checkpoints/` (orbax), `metrics.jsonl` (one JSON
 object per line, each with `step`) plus TensorBoard events, and `eval_results.json`. Evaluation,
 prediction and export load a `Run` from it: the parameters alone (an orbax partial restore),
-with no optimizer and no random initialisation.
+with no optimizer and no random initialisation. A LoRA run's checkpoints hold its head and
+adapters only: its `Run` is the pretrained base with them merged (an ordinary model), and keeps
+them unmerged too (`Run.adapters`, for a PEFT adapter export).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from flax_sentiment import parallel
+from flax_sentiment import lora, parallel
 from flax_sentiment.checkpoint import Checkpoints
 from flax_sentiment.config import eval_weights, from_dict, option, to_json
 from flax_sentiment.errors import UserError
@@ -126,18 +128,29 @@ class Workdir:
             abstract = nnx.eval_shape(lambda: SequenceClassifier(enc, dtype=compute,
                                                                  rngs=nnx.Rngs(0)))
             model_def = ModelDef(abstract)
+            spec = lora.LoraSpec.from_meta(meta["lora"]) if meta.get("lora") else None
+            stored = model_def.abstract_params()
+            if spec is not None:
+                stored = spec.abstract_trainable(stored)
             # The latest may be damaged: then the restore falls back and says so.
             latest = step is None or step == "latest"
             restored, params, _ = ckpts.restore_params(
-                model_def.abstract_params(), parallel.replicated(parallel.make_mesh()),
+                stored, parallel.replicated(parallel.make_mesh()),
                 None if latest else chosen, item="params" if weights == "raw" else "ema")
         finally:
             ckpts.close()
-        model = model_def.merge(jax.device_get(params))
+        params = jax.device_get(params)
+        adapters = None
+        if spec is not None:
+            frozen = lora.load_base(config.model.name_or_path, model_def.abstract_params(),
+                                    enc.num_labels, meta["lora"].get("base_digest"))
+            adapters = lora.Adapters(spec, params, config.model.name_or_path)
+            params = jax.device_get(spec.merge(params, frozen))
+        model = model_def.merge(params)
         return Run(workdir=self.path, step=restored, model=model,
                    arch=get_architecture(meta["model_type"]),
                    label_names=list(meta["label_names"]), config=config,
-                   hf_config=meta["hf_config"], weights=weights)
+                   hf_config=meta["hf_config"], weights=weights, adapters=adapters)
 
 
 def _choose_step(ckpts: Checkpoints, step: int | str | None, where: Path) -> int:
@@ -168,6 +181,7 @@ class Run:
     config: ml_collections.ConfigDict
     hf_config: dict[str, Any]
     weights: str = "raw"  # 'raw' or 'ema' (the moving average)
+    adapters: lora.Adapters | None = None  # a LoRA run's adapters and head, unmerged
 
     @functools.cached_property
     def tokenizer(self) -> Any:

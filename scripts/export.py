@@ -1,6 +1,6 @@
 """python scripts/export.py --workdir DIR --output OUT [--step N | --best] [--dtype bfloat16]
                           [--onnx] [--card_splits validation,test] [--overwrite]
-                          [--compare_split SPLIT] [--config.data.KEY=VALUE ...]
+                          [--compare_split SPLIT] [--adapter] [--config.data.KEY=VALUE ...]
 
 Writes a Hugging Face PyTorch folder (config.json, model.safetensors, tokenizer, README.md model
 card) that `AutoModelForSequenceClassification.from_pretrained(OUT)` loads, after checking that
@@ -8,6 +8,8 @@ its logits match the JAX model's; on a mismatch nothing is left at OUT. The card
 the exported step's on --card_splits (default: the run's eval split). --onnx adds model.onnx,
 checked against the PyTorch folder with onnxruntime. --compare_split also reports JAX vs
 PyTorch accuracy on a whole split of the run's data (`--config.data.*` chooses other data).
+A LoRA run exports merged like any other; --adapter writes its PEFT adapter folder instead
+(flax_sentiment/peft_adapter.py), checked by loading it with PEFT.
 """
 
 import json
@@ -27,6 +29,8 @@ flags.DEFINE_bool("onnx", False, "Also write model.onnx (checked with onnxruntim
 flags.DEFINE_list("card_splits", None, "Splits the model card reports, evaluated at the "
                   "exported step (default: the run's eval split; empty: none).")
 flags.DEFINE_string("compare_split", None, "Also report JAX vs PyTorch accuracy on this split.")
+flags.DEFINE_bool("adapter", False, "A LoRA run as a PEFT adapter folder (adapter_config.json, "
+                  "the adapter and head weights), not merged.")
 SAVED = cli.define_workdir_flags()
 
 
@@ -45,6 +49,13 @@ def main(argv):
     weights = {"weights": overrides["eval.weights"]} if "eval.weights" in overrides else {}
     run = load_run(FLAGS.workdir, cli.checkpoint_step(), dtype="float32", **weights)
     config = with_overrides(run.config, overrides)
+    if FLAGS.adapter:
+        from flax_sentiment.peft_adapter import export_run_adapter
+
+        report = export_run_adapter(run, FLAGS.output, overwrite=FLAGS.overwrite,
+                                    tolerance=FLAGS.tolerance, dtype=FLAGS.dtype, onnx=FLAGS.onnx)
+        print(json.dumps(dict(report, step=run.step), indent=2))
+        return
     splits = FLAGS.card_splits
     if splits is None:
         splits = [s for s in [str(option(config.data, "eval_split", ""))] if s]
