@@ -43,10 +43,11 @@ def test_restore_on_another_device_count(run_setup, reference_run, eight_devices
 LONG = ["--config.train.max_steps=60", "--config.eval.every_steps=20"]
 
 
-def _launch(config, workdir):
+def launch(config, workdir, args=tuple(LONG)):
+    """scripts/train.py in the background (to be signalled or killed)."""
     return subprocess.Popen(
         [sys.executable, "scripts/train.py", f"--config={config}", f"--workdir={workdir}",
-         *LONG], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
 
 
@@ -67,7 +68,7 @@ def test_sigkill_then_relaunch_resumes_exactly(run_setup, tmp_path):
     """Killed after a checkpoint at k < N, relaunched with the same command: same end state
     (same data order after the resume, same dropout rngs)."""
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
-    proc = _launch(run_setup["config"], killed)
+    proc = launch(run_setup["config"], killed)
     wait_for_checkpoint(killed, proc, step=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -83,7 +84,7 @@ def test_sigkill_then_relaunch_resumes_exactly(run_setup, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(run_setup, tmp_path):
     workdir = tmp_path / "run"
-    proc = _launch(run_setup["config"], workdir)
+    proc = launch(run_setup["config"], workdir)
     wait_for_checkpoint(workdir, proc, step=4)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)

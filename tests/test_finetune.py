@@ -19,7 +19,6 @@ from flax_sentiment.train import train_and_evaluate
 from flax_sentiment.workdir import load_run
 from tests.conftest import MINILM
 from tests.helpers import (
-    REPO,
     final_params,
     run_script,
     sst2_subset,
@@ -137,24 +136,13 @@ def test_ema_is_numpys_bias_corrected_ema_of_the_parameters(tiny):
     assert np.max(np.abs(got[k] - params[k])) > 1e-4
 
 
-def _launch_long(config, workdir, extra):
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.Popen(
-        [sys.executable, "scripts/train.py", f"--config={config}", f"--workdir={workdir}",
-         *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
-
-
 def test_ema_run_reports_both_and_resumes_exactly_after_sigkill(run_setup, tmp_path):
-    from tests.test_checkpoint import wait_for_checkpoint
+    from tests.test_checkpoint import launch, wait_for_checkpoint
 
     extra = ["--config.train.max_steps=40", "--config.eval.every_steps=20",
              "--config.train.ema_decay=0.9"]
     killed, full = tmp_path / "killed", tmp_path / "full"
-    proc = _launch_long(run_setup["config"], killed, extra)
+    proc = launch(run_setup["config"], killed, extra)
     wait_for_checkpoint(killed, proc, step=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
