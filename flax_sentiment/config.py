@@ -78,8 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     # have one), 'all' (every linear layer of the encoder), or comma-separated layer names
     # ('attention.query,attention.value,ffn.inner') or full paths ('encoder.layers.5.ffn.inner').
     c.model.lora.targets = "query_value"
-    # Dropout on the adapters' input (PEFT's lora_dropout). Only 0: adapters are applied merged
-    # into the frozen weights, where it cannot be expressed.
+    # Dropout on the adapters' input in training (PEFT's lora_dropout), in [0, 1). At 0 the
+    # train step uses merged weights; above 0 it computes the adapters beside their layers,
+    # x W + b + alpha/rank * B(A(dropout(x))). Evaluation and export always use merged weights.
     c.model.lora.dropout = 0.0
 
     c.data = default_data_config()
@@ -257,9 +258,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "must be an integer > 0 (leave it unset, None, to fine-tune every parameter)")
         need(option(lora, "alpha", 0.0) > 0, "model.lora.alpha", lora.get("alpha"),
              "must be > 0")
-        need(option(lora, "dropout", 0.0) == 0, "model.lora.dropout", lora.get("dropout"),
-             "must be 0: adapters are applied merged into the frozen weights, where dropout on "
-             "their input alone cannot be expressed (PEFT's default lora_dropout is 0 too)")
+        need(0 <= option(lora, "dropout", 0.0) < 1, "model.lora.dropout", lora.get("dropout"),
+             "must be in [0, 1)")
         need(bool(str(option(lora, "targets", "")).strip()), "model.lora.targets",
              lora.get("targets"), "must name layers: 'query_value', 'all' or layer names")
         need(option(config.model, "reinit_layers", 0) == 0, "model.reinit_layers",

@@ -75,7 +75,7 @@ def adapter_config(adapters: Adapters, arch: Architecture) -> dict[str, Any]:
     return {
         "peft_type": "LORA", "task_type": "SEQ_CLS",
         "base_model_name_or_path": base_reference(adapters.base),
-        "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": 0.0,
+        "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
         "target_modules": target_modules(adapters, arch),
         "modules_to_save": modules_to_save(adapters, arch),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,

@@ -8,7 +8,8 @@ with explicit shardings over the mesh; an inference-only `Steps` builds no optim
 
 With LoRA (`lora.LoraSpec`) the state's `params` are the trainable ones only (head and
 adapters): the frozen base is one more replicated argument of both steps (never donated,
-differentiated or checkpointed), merged with them inside the step.
+differentiated or checkpointed), merged with them inside the step; with LoRA dropout the
+train step runs the adapters unmerged instead (`lora.unmerged`), the model step still merges.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from flax_sentiment import batching, parallel
 from flax_sentiment import metrics as metrics_lib
 from flax_sentiment.config import option
 from flax_sentiment.errors import UserError
-from flax_sentiment.lora import LoraSpec
+from flax_sentiment.lora import LoraSpec, adapter_dropout, unmerged
 from flax_sentiment.models.functional import ModelDef, Params
 
 Batch = dict[str, jax.Array]
@@ -203,10 +204,15 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
                     num_layers: int = 0, lora: LoraSpec | None = None
                     ) -> Callable[..., tuple[TrainState, Batch]]:
     """`train_step(state, batch, h)`; `h` = `hyperparameters(...)`, arguments of the step.
-    With `lora`: `train_step(state, batch, h, frozen)`, gradients for `state.params` alone."""
+    With `lora`: `train_step(state, batch, h, frozen)`, gradients for `state.params` alone;
+    with `lora.dropout` > 0 the model runs its adapters unmerged, their input dropped."""
+    adapted = unmerged(model_def, lora) if lora is not None and lora.dropout > 0 else None
 
-    def loss(params, frozen, *args, **kwargs):
-        return loss_sum(model_def, full_params(params, frozen, lora), *args, **kwargs)
+    def loss(params, frozen, batch, rng, **kwargs):
+        if adapted is None:
+            return loss_sum(model_def, full_params(params, frozen, lora), batch, rng, **kwargs)
+        with adapter_dropout(rng):
+            return loss_sum(adapted, {**frozen, **params}, batch, rng, **kwargs)
 
     grad_fn = jax.value_and_grad(loss, argnums=0, has_aux=True)
     k = t.grad_accum_steps
@@ -370,7 +376,7 @@ class Steps:
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        static = static_train_key(train)
+        static = static_train_key(train) + (() if lora is None else (lora.dropout,))
         if ("train", *key, static) not in _JITTED:
             _JITTED[("train", *key, static)] = jax.jit(
                 make_train_step(model_def, train, num_labels=num_labels,

@@ -1,10 +1,12 @@
 """LoRA: adapters on every architecture (tiny real models and the real MiniLM), PEFT adapter
 export with PEFT's own key names and logits, merged = unmerged, training that touches only the
 head and the adapters (and stores only them), composition with EMA, layer decay and averaging,
-exact resume after SIGKILL, and bad input refused before anything is written."""
+LoRA dropout (the adapters' input only, in training only), exact resume after SIGKILL, and bad
+input refused before anything is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from flax_sentiment import lora
 from flax_sentiment.errors import UserError
@@ -26,6 +29,7 @@ from tests.conftest import MINILM, REPO
 from tests.helpers import (
     assert_same_run,
     final_params,
+    keep_until,
     run_script,
     sst2_subset,
     tiny_bert,
@@ -53,12 +57,12 @@ def tiny(tmp_path_factory):
 
 
 def random_adapters(name: str, targets: str, *, rank: int = 4, alpha: float = 8.0,
-                    seed: int = 0):
+                    seed: int = 0, dropout: float = 0.0):
     """The pretrained `name` with adapters whose B is not zero and a perturbed head (what a
     trained run has): (merged model, Adapters, bundle)."""
     bundle = load_pretrained_bundle(name, num_labels=2, seed=seed)
     params = {k: np.asarray(v) for k, v in ModelDef.params_of(bundle.model).items()}
-    spec = LoraSpec(lora.resolve_targets(targets, params), rank, alpha)
+    spec = LoraSpec(lora.resolve_targets(targets, params), rank, alpha, dropout)
     trainable = {k: np.asarray(v) for k, v in spec.init(params, seed).items()}
     rng = np.random.RandomState(seed)
     for k, v in trainable.items():
@@ -92,19 +96,20 @@ def _inputs(tokenizer, model):
 def check_adapter_export(name, targets, tmp_path):
     """Our adapter folder: PEFT's own key names and shapes for this config (from a PeftModel
     that PEFT builds itself), PEFT's logits = ours within 1e-4, and the merged export's
-    PyTorch logits = PEFT's unmerged ones within 1e-5."""
+    PyTorch logits = PEFT's unmerged ones within 1e-5. The adapters were trained with LoRA
+    dropout 0.1: the config says so, and PEFT, in eval mode, applies none (nor do we)."""
     import peft
     import torch
 
     from flax_sentiment.export import export_hf, load_torch_model, torch_logits
     from flax_sentiment.peft_adapter import export_adapter, load_peft_model
 
-    model, adapters, bundle = random_adapters(name, targets)
+    model, adapters, bundle = random_adapters(name, targets, dropout=0.1)
     out = tmp_path / "adapter"
     report = export_adapter(model, adapters, bundle.arch, bundle.tokenizer, LABELS, out)
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(report["files"])
     config = json.loads((out / "adapter_config.json").read_text())
-    assert config["r"] == 4 and config["lora_alpha"] == 8.0
+    assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["lora_dropout"] == 0.1
     assert len(config["target_modules"]) == len(adapters.spec.modules)
 
     # Key names and shapes: a PeftModel PEFT makes itself from the same settings.
@@ -114,8 +119,8 @@ def check_adapter_export(name, targets, tmp_path):
     base = AutoModelForSequenceClassification.from_pretrained(
         config["base_model_name_or_path"], num_labels=2, dtype=torch.float32)
     theirs = peft.get_peft_model(base, peft.LoraConfig(
-        task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=config["target_modules"],
-        modules_to_save=config["modules_to_save"]))
+        task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.1,
+        target_modules=config["target_modules"], modules_to_save=config["modules_to_save"]))
     expected = {k: tuple(v.shape) for k, v in peft.get_peft_model_state_dict(theirs).items()}
     written = {k: v.shape for k, v in load_file(str(out / "adapter_model.safetensors")).items()}
     assert written == expected
@@ -339,6 +344,179 @@ def test_a_changed_base_model_is_refused_on_load(lora_setup, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# LoRA dropout: PEFT's lora_dropout, on the adapters' input, in training only
+
+
+def _unmerged_model(bundle, adapters, dropout):
+    """The model of `random_adapters` with its adapters unmerged (`LoraLinear`s, `dropout`)."""
+    spec = dataclasses.replace(adapters.spec, dropout=dropout)
+    frozen = lora.frozen_params(ModelDef.params_of(bundle.model))
+    model_def = lora.unmerged(ModelDef(bundle.model), spec)
+    assert sorted(model_def.names) == sorted({**frozen, **adapters.params})  # same names
+    return model_def.merge({**frozen, **adapters.params})
+
+
+def _train_logits(model, ids, mask, types, key, adapter_dropout=True):
+    """Logits in train mode (dropout on) for the dropout key `key`, as the train step runs
+    them: the adapters' masks from the same key."""
+    rng = jax.random.key_data(key)
+    if not adapter_dropout:
+        return np.asarray(model(ids, mask, types, deterministic=False, dropout_rng=key))
+    with lora.adapter_dropout(rng):
+        return np.asarray(model(ids, mask, types, deterministic=False, dropout_rng=key))
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_unmerged_adapters_are_the_merged_model_without_dropout(tiny, model_type):
+    """Evaluation runs the merged weights; the train step's unmerged `LoraLinear`s compute the
+    same model (every linear layer adapted; ALBERT's shared and DeBERTa's relative-position
+    uses of a layer included), and in train mode with LoRA dropout 0 the same logits as the
+    merged model for the same key: the base's own dropout masks are untouched."""
+    from flax_sentiment.lora import LoraLinear
+
+    merged, adapters, bundle = random_adapters(tiny(model_type), "all")
+    ids, mask, types = _inputs(bundle.tokenizer, merged)
+    types = None if types is None else types.astype(np.int32)
+    unmerged = _unmerged_model(bundle, adapters, dropout=0.3)
+    swapped = [".".join(map(str, path)) for path, node in nnx.iter_graph(unmerged)
+               if isinstance(node, LoraLinear)]
+    assert sorted(swapped) == sorted(adapters.spec.modules)
+    want = np.asarray(merged(ids, mask, types))
+    np.testing.assert_allclose(np.asarray(unmerged(ids, mask, types)), want, atol=1e-5, rtol=0)
+    # Outside `adapter_dropout` (evaluation) LoraLinear drops nothing, even in train mode.
+    key = jax.random.key(3)
+    np.testing.assert_allclose(_train_logits(unmerged, ids, mask, types, key, False),
+                               _train_logits(merged, ids, mask, types, key, False), atol=1e-5,
+                               rtol=0)
+    no_dropout = _unmerged_model(bundle, adapters, dropout=0.0)
+    np.testing.assert_allclose(_train_logits(no_dropout, ids, mask, types, key),
+                               _train_logits(merged, ids, mask, types, key, False), atol=1e-5,
+                               rtol=0)
+
+
+def test_lora_dropout_changes_only_the_adapters_path(tiny):
+    """In train mode, dropout on the adapters moves the logits; with B = 0 (no adapter
+    contribution) the model is the base model for the same key, so its path is untouched."""
+    merged, adapters, bundle = random_adapters(tiny("bert"), "all")
+    ids, mask, types = _inputs(bundle.tokenizer, merged)
+    types = types.astype(np.int32)
+    key = jax.random.key(4)
+    dropped = _train_logits(_unmerged_model(bundle, adapters, 0.5), ids, mask, types, key)
+    plain = _train_logits(merged, ids, mask, types, key, False)
+    assert np.abs(dropped - plain).max() > 1e-2
+    zero_b = {k: np.zeros_like(v) if k.endswith(".lora_b") else v
+              for k, v in adapters.params.items()}
+    base = ModelDef(bundle.model).merge({**ModelDef.params_of(bundle.model),
+                                         **{k: v for k, v in zero_b.items()
+                                            if k.startswith("head.")}})
+    unmerged = _unmerged_model(bundle, Adapters(adapters.spec, zero_b, adapters.base), 0.5)
+    np.testing.assert_allclose(_train_logits(unmerged, ids, mask, types, key),
+                               _train_logits(base, ids, mask, types, key, False), atol=1e-6,
+                               rtol=0)
+
+
+def test_lora_linear_is_peft_with_the_mask_its_key_gives():
+    """h = x W + b + (alpha / r) * B(A(mask * x / (1 - p))), the mask recomputed here from the
+    key (the adapters' stream: fold_in(key, ADAPTER_STREAM), then one key a call) and
+    `layers.Dropout`'s threshold; the base term is the plain layer's, bit for bit; each call
+    (ALBERT reuses layers) draws a new mask; outside `adapter_dropout` nothing is dropped."""
+    from flax_sentiment.lora import LoraLinear
+    from flax_sentiment.models.layers import counter_hash_bits
+
+    rng = np.random.RandomState(0)
+    base = nnx.Linear(48, 40, rngs=nnx.Rngs(0))
+    a = rng.normal(0, 0.3, (48, 4)).astype(np.float32)
+    b = rng.normal(0, 0.3, (4, 40)).astype(np.float32)
+    x = rng.normal(0, 1, (3, 7, 48)).astype(np.float32)
+    plain = np.asarray(base(x))
+    layer = LoraLinear(base, a, b, scale=2.0, dropout=0.5)
+    key = jax.random.key(11)
+    with lora.adapter_dropout(jax.random.key_data(key)):
+        first, second = np.asarray(layer(x)), np.asarray(layer(x))
+    stream = jax.random.fold_in(key, lora.ADAPTER_STREAM)
+    for i, got in enumerate((first, second)):
+        keep = np.asarray(counter_hash_bits(jax.random.fold_in(stream, i), x.shape)) >= 2 ** 31
+        assert 0.45 < keep.mean() < 0.55
+        want = plain + 2.0 * (np.where(keep, x / 0.5, 0.0) @ a @ b)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+    assert np.abs(first - second).max() > 0.1  # a new mask each call
+    np.testing.assert_allclose(np.asarray(layer(x)), plain + 2.0 * (x @ a @ b), atol=2e-5,
+                               rtol=0)
+    zero_b = LoraLinear(base, a, np.zeros_like(b), scale=2.0, dropout=0.5)
+    with lora.adapter_dropout(jax.random.key_data(key)):
+        np.testing.assert_array_equal(np.asarray(zero_b(x)), plain)
+
+
+def _lora_trainer(model_dir, dropout):
+    from flax_sentiment.config import base_config
+    from flax_sentiment.steps import Steps
+
+    bundle = load_pretrained_bundle(model_dir, num_labels=2)
+    params = ModelDef.params_of(bundle.model)
+    spec = LoraSpec(lora.resolve_targets("query_value", params), 4, 8.0, dropout)
+    config = base_config()
+    config.train.warmup_steps = 0
+    config.train.learning_rate = 1e-2
+    steps = Steps(ModelDef(bundle.model), 2, jax.sharding.Mesh(jax.devices()[:1], ("data",)),
+                  train=config.train, total_steps=10, lora=spec,
+                  frozen=lora.frozen_params(params))
+    return steps, spec.init(params, 0)
+
+
+def _three_steps(model_dir, dropout):
+    steps, init = _lora_trainer(model_dir, dropout)
+    rng = np.random.RandomState(0)
+    state = steps.init_state(init)
+    for _ in range(3):
+        ids = rng.randint(1000, 30000, (16, 16)).astype(np.int32)
+        batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "token_type_ids": np.zeros_like(ids),
+                 "labels": rng.randint(0, 2, 16).astype(np.int32),
+                 "weights": np.ones(16, np.float32), "index": np.arange(16, dtype=np.int32)}
+        state, metrics = steps.train_step(
+            state, {k: jax.device_put(v, steps.data_sharding) for k, v in batch.items()})
+        assert np.isfinite(metrics["loss"])
+    return jax.device_get(state.params)
+
+
+def test_lora_dropout_changes_training_and_is_reproducible(tiny):
+    with_dropout, without = _three_steps(tiny("bert"), 0.5), _three_steps(tiny("bert"), 0.0)
+    assert with_dropout.keys() == without.keys()
+    # Every adapter: B from step 1 on (through A @ dropped x), A from step 3 (its first Adam
+    # update, at step 2, is about lr * sign(gradient) in both); the head a little, later.
+    for k in with_dropout:
+        diff = np.abs(with_dropout[k] - without[k]).max()
+        assert diff > (1e-3 if ".lora_" in k else 1e-7), k
+    again = _three_steps(tiny("bert"), 0.5)
+    for k in with_dropout:
+        np.testing.assert_array_equal(again[k], with_dropout[k], err_msg=k)
+
+
+def test_lora_dropout_run_resumes_exactly_and_exports_its_rate(lora_setup, tmp_path, caplog):
+    """A run with LoRA dropout, stopped after step 4 and resumed in-process, ends where the
+    uninterrupted run does; its PEFT adapter config carries lora_dropout."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    from flax_sentiment.peft_adapter import adapter_config
+    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.workdir import load_run
+
+    config = lora_config(lora_setup, **{"train.max_steps": 8, "eval.every_steps": 4,
+                                        "checkpoint.every_steps": 4})
+    config.model.lora.dropout = 0.1
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train_and_evaluate(config, full)
+    assert "LoRA rank 4, alpha 8, dropout 0.1 on 4 layers" in caplog.text
+    keep_until(full, resumed, 4)
+    train_and_evaluate(config, resumed)
+    assert_same_run(full, resumed, atol=1e-6)
+    run = load_run(full)
+    assert run.adapters.spec.dropout == 0.1
+    assert adapter_config(run.adapters, run.arch)["lora_dropout"] == 0.1
+
+
+# --------------------------------------------------------------------------------------------
 # Bad input: one clear line, nothing written
 
 
@@ -347,7 +525,8 @@ def test_a_changed_base_model_is_refused_on_load(lora_setup, tmp_path):
     ("rank", -2, "config model.lora.rank=-2: must be an integer > 0"),
     ("targets", "attention.qery", "config model.lora.targets='attention.qery': "
                                   "'attention.qery' names no linear layer"),
-    ("dropout", 0.1, "config model.lora.dropout=0.1: must be 0"),
+    ("dropout", 1.0, "config model.lora.dropout=1.0: must be in [0, 1)"),
+    ("dropout", -0.1, "config model.lora.dropout=-0.1: must be in [0, 1)"),
 ])
 def test_bad_lora_config_is_refused_before_anything_is_written(lora_setup, tmp_path, key,
                                                                value, says):
