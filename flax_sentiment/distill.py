@@ -1,10 +1,11 @@
 """Distillation teachers: their logits on the train split, computed once and cached.
 
-Precomputed rather than run inside the train step: on the CPU the train step of a MiniLM costs
-about three of its forward passes, so a 3-model ensemble in the step would double every step,
-while one pass over SST-2's train split per teacher costs about as much as 200 steps, paid once
-per run (and never again on resume or for the next student: the cache). It also lets a teacher
-use another tokenizer than the student (each reads the texts with its own).
+Precomputed rather than run inside the train step: a teacher's forward pass costs about a third
+of a train step, so in the step every teacher adds a third to every step of the run, while the
+pass over the train split, paid once, costs a third of an epoch of training (measured: 285 s for
+SST-2's 67,349 texts with MiniLM on the loaded 2-core CPU), is cached for a resume or the next
+student, and lets a teacher use another tokenizer than the student (each reads the texts with
+its own).
 """
 
 from __future__ import annotations
