@@ -17,9 +17,11 @@ from tests.conftest import MINILM
 from tests.test_export import LABELS, TEXTS, _tiny_bundle
 
 IDS, MASK, TYPES = "input_ids", "attention_mask", "token_type_ids"
-# optimum's ONNX configs: token types for BERT, ALBERT, ELECTRA; none for RoBERTa, DistilBERT.
+# optimum's ONNX configs: token types for BERT, ALBERT, ELECTRA; none for RoBERTa, DistilBERT,
+# XLM-R, ModernBERT, and DeBERTa-v3 (type_vocab_size 0).
 INPUTS = {"bert": [IDS, MASK, TYPES], "roberta": [IDS, MASK], "albert": [IDS, MASK, TYPES],
-          "distilbert": [IDS, MASK], "electra": [IDS, MASK, TYPES]}
+          "distilbert": [IDS, MASK], "electra": [IDS, MASK, TYPES], "xlm-roberta": [IDS, MASK],
+          "deberta-v2": [IDS, MASK], "modernbert": [IDS, MASK]}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,9 @@ def _check_onnx(out, model, texts, expected_inputs):
     pytest.param("albert", marks=pytest.mark.slow),
     "distilbert",
     pytest.param("electra", marks=pytest.mark.slow),
+    pytest.param("xlm-roberta", marks=pytest.mark.slow),
+    "deberta-v2",
+    "modernbert",
 ])
 def test_every_architecture(arch, tmp_path, tokenizer):
     bundle = _tiny_bundle(arch, tmp_path / "src")
