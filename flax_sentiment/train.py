@@ -241,14 +241,13 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
         existing.close()
 
     label_names = list(config.data.label_names)
+    head_seed = option(config.model, "head_seed", t.seed)
     bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
-                                    dtype=config.model.dtype,
-                                    seed=option(config.model, "head_seed", t.seed))
+                                    dtype=config.model.dtype, seed=head_seed)
     check_max_length(config, bundle.config)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
         log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
     model_def = ModelDef(bundle.model)
-    head_seed = option(config.model, "head_seed", t.seed)
     pretrained = ModelDef.params_of(bundle.model)
     # LoRA: its targets are checked before the data is read; the frozen base is the pretrained
     # model, on resume too (the checkpoints hold only the head and the adapters).
