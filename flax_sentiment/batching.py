@@ -148,6 +148,28 @@ class TrainIterator:
             self._plan = (epoch, np.concatenate(buckets)[order], np.concatenate(rows)[order])
         return self._plan[1], self._plan[2]
 
+    def upcoming(self, num_steps: int, max_epochs: int = 3) -> list[int]:
+        """The distinct shape keys (here bucket indices) of the next `num_steps` steps, looking
+        at most `max_epochs` epochs ahead: what a run will compile."""
+        keys: set[int] = set()
+        epoch, position, left = self.epoch, self.position, int(num_steps)
+        for _ in range(max_epochs):
+            if left <= 0:
+                break
+            if position >= self.steps_per_epoch:
+                epoch, position = epoch + 1, 0
+            per_step = self.plan(epoch)[0][position:position + left]
+            keys.update(int(k) for k in per_step)
+            left -= len(per_step)
+            position += len(per_step)
+        self.plan(self.epoch)  # the current epoch's plan stays the cached one
+        return sorted(keys)
+
+    def dummy(self, key: int) -> Batch:
+        """A batch of this process's rows in the shape of `key`, every row a dummy."""
+        rows = np.full(self._rows.stop - self._rows.start, -1, np.int64)
+        return materialize(self.split, rows, self.buckets[key], self.pad_id)
+
     def __iter__(self) -> TrainIterator:
         return self
 
@@ -195,6 +217,12 @@ class EvalBatches:
 
     def __len__(self) -> int:
         return len(self._batches)
+
+    def shapes(self) -> list[Batch]:
+        """One batch of each shape the split uses (what evaluating it compiles)."""
+        firsts = {b: rows for b, rows in reversed(self._batches)}
+        return [materialize(self.split, rows[self._rows], self.buckets[b], self.pad_id)
+                for b, rows in sorted(firsts.items())]
 
     def __iter__(self) -> Iterator[Batch]:
         for b, rows in self._batches:

@@ -38,6 +38,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.truncation = "head"  # 'head' | 'tail' | 'head_tail'
     c.head_tokens = 64  # head_tail: tokens kept from the start, the rest from the end
     c.buckets = tuple(DEFAULT_BUCKETS)
+    # Sequence packing (flax_sentiment/packing.py): rows of this many tokens, each holding
+    # several examples (a batch is still train.batch_size examples); >= max_length. 0 = off:
+    # padded batches in length buckets.
+    c.pack_length = 0
     c.encoding = "utf-8"
     c.seed = 0
     c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)
@@ -230,6 +234,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must name a dataset")
     need(len(config.data.label_names) >= 2, "data.label_names", list(config.data.label_names),
          "needs at least two labels")
+    pack = option(config.data, "pack_length", 0)
+    need(pack == 0 or pack >= config.data.max_length, "data.pack_length", pack,
+         f"must be 0 (off) or at least data.max_length={config.data.max_length}")
     need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
     need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
     need(t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps == 0,

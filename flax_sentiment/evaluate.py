@@ -17,9 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from flax_sentiment import batching, parallel
 from flax_sentiment import data as data_lib
 from flax_sentiment import metrics as metrics_lib
+from flax_sentiment import packing, parallel
 from flax_sentiment.config import option, with_overrides
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
@@ -136,10 +136,9 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
         if len(examples) == 0:
             raise UserError(f"split {split!r} of {config.data.name_or_path} is empty")
         mesh = parallel.make_mesh()
-        batches = batching.EvalBatches(
-            examples, parallel.round_up(config.eval.batch_size, mesh.devices.size),
-            batching.make_buckets(config.data.buckets, int(config.data.max_length)),
-            pad_id=data_lib.pad_token_id(run.tokenizer))
+        batches = packing.eval_batches(examples, config.data, config.eval.batch_size,
+                                       pad_id=data_lib.pad_token_id(run.tokenizer),
+                                       multiple=mesh.devices.size)
         num_labels = len(run.label_names)
         steps = Steps(ModelDef(run.model), num_labels, mesh)
         probabilities = np.full((len(examples), num_labels), np.nan, np.float32)

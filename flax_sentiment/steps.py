@@ -31,6 +31,7 @@ from flax_sentiment.config import option
 from flax_sentiment.errors import UserError
 from flax_sentiment.lora import LoraSpec, adapter_dropout, unmerged
 from flax_sentiment.models.functional import ModelDef, Params
+from flax_sentiment.models.packing import PackedRows
 
 Batch = dict[str, jax.Array]
 
@@ -152,6 +153,27 @@ def ema_update(ema: Params, params: Params, step: jax.Array, decay: jax.Array) -
 # --------------------------------------------------------------------------------------------
 # Pure steps
 
+# A packed batch's per-example fields are [rows, slots] (`packing.py`); everything that counts
+# examples sees them flat, one entry per slot, in the order of the model's packed logits.
+PER_EXAMPLE = ("labels", "weights", "index", "teacher_logits")
+
+
+def apply_model(model: Any, batch: Batch, **kwargs: Any) -> jax.Array:
+    """The model's logits on a padded batch, or one per example slot of a packed batch."""
+    packed = None
+    if "segment_ids" in batch:
+        packed = PackedRows(batch["segment_ids"], batch["positions"], batch["starts"])
+    return model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                 packed=packed, **kwargs)
+
+
+def per_example(batch: Batch) -> Batch:
+    """`batch` with its per-example fields one entry per example (row or slot)."""
+    if "segment_ids" not in batch:
+        return batch
+    return {k: v.reshape(-1, *v.shape[2:]) if k in PER_EXAMPLE else v for k, v in batch.items()}
+
+
 
 def distillation_kl(logits: jax.Array, teacher_logits: jax.Array, temperature: jax.Array
                     ) -> jax.Array:
@@ -175,9 +197,9 @@ def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, 
     distillation: (1 - a) * that + a * T^2 * w[y] * KL(teacher || student at T), a =
     `distill_weight` (T^2 keeps the soft targets' gradients on the labels' scale).
     """
-    logits = model_def.merge(params)(
-        batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-        deterministic=False, dropout_rng=jax.random.wrap_key_data(rng))
+    logits = apply_model(model_def.merge(params), batch, deterministic=False,
+                         dropout_rng=jax.random.wrap_key_data(rng))
+    batch = per_example(batch)
     nll = -jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     labels = batch["labels"]
     w_y = class_weights[labels]
@@ -280,8 +302,8 @@ def make_model_step(model_def: ModelDef, num_labels: int, lora: LoraSpec | None 
 
     def model_step(params: Params, batch: Batch, frozen: Params | None = None
                    ) -> dict[str, jax.Array]:
-        model = model_def.merge(full_params(params, frozen, lora))
-        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        logits = apply_model(model_def.merge(full_params(params, frozen, lora)), batch)
+        batch = per_example(batch)
         return {
             "counts": metrics_lib.batch_counts(logits, batch["labels"], batch["weights"],
                                                num_labels),
@@ -388,6 +410,43 @@ class Steps:
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
         """The jitted `train_step(state, batch, hparams)` with this run's hyperparameters."""
         return self.train_step_jit(state, batch, self.hparams, *self._frozen)
+
+    def _abstract_batch(self, batch: batching.Batch) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global, sharded shapes of a host batch of this process's rows."""
+        procs = jax.process_count()
+        return {k: jax.ShapeDtypeStruct((v.shape[0] * procs, *v.shape[1:]), v.dtype,
+                                        sharding=self.data_sharding)
+                for k, v in batch.items()}
+
+    def precompile(self, train_batches: Iterable[batching.Batch] = (),
+                   eval_batches: Iterable[batching.Batch] = (), *,
+                   threads: int | None = None) -> int:
+        """Compile the steps for these batches' shapes now, several at once, instead of one at
+        a time when each shape first comes up mid-run: XLA compiles in parallel threads, and
+        the jitted steps then find their programs compiled. Returns how many were compiled."""
+        import concurrent.futures
+        import os
+
+        jobs = []
+        if train_batches:
+            state = self.abstract_state
+            jobs += [lambda b=b: self.train_step_jit.lower(
+                state, self._abstract_batch(b), self.hparams, *self._frozen).compile()
+                for b in train_batches]
+        if eval_batches:
+            params = (self.abstract_state.params if hasattr(self, "abstract_state")
+                      else None)
+            if params is not None:
+                jobs += [lambda b=b: self.model_step.lower(
+                    params, self._abstract_batch(b), *self._frozen).compile()
+                    for b in eval_batches]
+        if not jobs:
+            return 0
+        workers = threads or min(len(jobs), os.cpu_count() or 1)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(job) for job in jobs]:
+                future.result()
+        return len(jobs)
 
     def init_state(self, params: Params) -> TrainState:
         """A fresh train state (step 0, new optimizer moments) from these (trainable)

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_sentiment import batching, data, distill, initialization, lora, parallel
+from flax_sentiment import batching, data, distill, initialization, lora, packing, parallel
 from flax_sentiment import metrics as metrics_lib
 from flax_sentiment.checkpoint import Checkpoints
 from flax_sentiment.config import eval_weights, option, to_json, validate
@@ -49,10 +49,11 @@ log = logging.getLogger(__name__)
 # resume, e.g. train.max_steps to train longer).
 RESUME_KEYS = ("model.name_or_path", "data.name_or_path", "data.subset", "data.label_names",
                "data.label_map", "data.text_column", "data.label_column", "data.max_length",
-               "data.buckets", "train.batch_size", "train.seed", "model.reinit_layers",
-               "train.ema_decay", "train.teacher", "model.lora")
+               "data.buckets", "data.pack_length", "train.batch_size", "train.seed",
+               "model.reinit_layers", "train.ema_decay", "train.teacher", "model.lora")
 # What keys added since are taken to be in checkpoints that predate them.
-RESUME_DEFAULTS = {"model.reinit_layers": 0, "train.ema_decay": 0.0, "train.teacher": [],
+RESUME_DEFAULTS = {"model.reinit_layers": 0, "data.pack_length": 0, "train.ema_decay": 0.0,
+                   "train.teacher": [],
                    "model.lora": {"rank": None, "alpha": 16.0, "targets": "query_value",
                                   "dropout": 0.0}}
 
@@ -298,11 +299,23 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     log.info("%d train examples, %d steps/epoch, %d steps in all; %d device(s), %d process(es)",
              len(splits.train), train_iter.steps_per_epoch, total, mesh.devices.size,
              jax.process_count())
+    _precompile(loop, train_iter)
     loop.bar = _progress_bar(total, loop.step, parallel.is_main_process())
     batches = batching.prefetch(train_iter, 2,
                                 lambda b: batching.shard_batch(b, steps.data_sharding))
     loop.data_state = batches.get_state()
     return loop, batches
+
+
+def _precompile(loop: Loop, train_iter: batching.TrainIterator) -> None:
+    """Compile every train-step shape of the steps ahead and the evaluation's shapes now, in
+    parallel (see `Steps.precompile`); a shape first met later compiles when it comes."""
+    t0 = time.perf_counter()
+    keys = train_iter.upcoming(loop.total_steps - loop.step)
+    evals = loop.eval_batches.shapes() if loop.eval_batches is not None else []
+    n = loop.steps.precompile([train_iter.dummy(k) for k in keys], evals)
+    log.info("compiled %d step shapes in %.1f s (%d train, %d evaluation)", n,
+             time.perf_counter() - t0, len(keys), len(evals))
 
 
 def _check_same_base(saved: dict[str, Any], meta: dict[str, Any],
@@ -341,14 +354,22 @@ def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.shar
         splits = dataclasses.replace(splits, train=dataclasses.replace(
             splits.train, teacher_logits=logits))
     n_proc, pid = jax.process_count(), jax.process_index()
-    train_iter = batching.TrainIterator(splits.train, config.train.batch_size, splits.buckets,
-                                        seed=config.train.seed, pad_id=splits.pad_id,
-                                        process_index=pid, process_count=n_proc)
+    t, pack = config.train, int(option(config.data, "pack_length", 0))
+    if pack:
+        train_iter = packing.PackedTrainIterator(
+            splits.train, t.batch_size, pack, seed=t.seed, pad_id=splits.pad_id,
+            row_multiple=mesh.devices.size * t.grad_accum_steps, process_index=pid,
+            process_count=n_proc)
+        log.info("packing: %s", packing.describe(train_iter))
+    else:
+        train_iter = batching.TrainIterator(splits.train, t.batch_size, splits.buckets,
+                                            seed=t.seed, pad_id=splits.pad_id,
+                                            process_index=pid, process_count=n_proc)
     eval_batches = None
     if splits.eval is not None and len(splits.eval):
-        eval_batches = batching.EvalBatches(
-            splits.eval, parallel.round_up(config.eval.batch_size, mesh.devices.size),
-            splits.buckets, pad_id=splits.pad_id, process_index=pid, process_count=n_proc)
+        eval_batches = packing.eval_batches(
+            splits.eval, config.data, config.eval.batch_size, pad_id=splits.pad_id,
+            multiple=mesh.devices.size, process_index=pid, process_count=n_proc)
     return splits, train_iter, eval_batches
 
 

@@ -64,19 +64,22 @@ def _steps(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def test_sigkill_then_relaunch_resumes_exactly(run_setup, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_sigkill_then_relaunch_resumes_exactly(run_setup, tmp_path, packed):
     """Killed after a checkpoint at k < N, relaunched with the same command: same end state
-    (same data order after the resume, same dropout rngs)."""
+    (same data order after the resume, same dropout rngs), with padded or packed batches."""
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
-    proc = launch(run_setup["config"], killed)
+    more = ["--config.data.pack_length=96"] if packed else []
+    proc = launch(run_setup["config"], killed, [*LONG, *more])
     wait_for_checkpoint(killed, proc, step=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 8 in _steps(killed) and max(_steps(killed)) < 60
-    args = ["scripts/train.py", f"--config={run_setup['config']}", *LONG]
+    args = ["scripts/train.py", f"--config={run_setup['config']}", *LONG, *more]
     relaunch = run_script([*args, f"--workdir={killed}"])
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert "resumed from" in relaunch.stderr
+    assert ("packing: {" in relaunch.stderr) == packed
     full = run_script([*args, f"--workdir={uninterrupted}"])
     assert full.returncode == 0, full.stderr[-3000:]
     assert_same_run(uninterrupted, killed, atol=1e-6)

@@ -126,3 +126,18 @@ def test_sigterm_on_one_process_stops_all_at_the_same_step(run_setup, tmp_path):
                                         "--config.eval.every_steps=0"]))
     assert all(f"at step {stopped[0]}" in e and "resumed from" in e for e in errs)
     assert json.loads((workdir / "eval_results.json").read_text())["step"] == end
+
+
+def test_two_processes_pack_like_one(run_setup, tmp_path):
+    """Packed rows split over two processes (each the same number): the run equals one
+    process holding all four devices (the same global row shapes, hence the same dropout)."""
+    from tests.helpers import run_script
+
+    pack = "--config.data.pack_length=96"
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = run_script(["scripts/train.py", f"--config={run_setup['config']}",
+                         f"--workdir={one}", pack], devices=4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errs = _finish(_launch_group(run_setup["config"], two, extra=[pack]))
+    assert "packing: {" in errs[0] and "2 process(es)" in errs[0]
+    assert_same_run(one, two, atol=1e-5)

@@ -14,6 +14,7 @@ from flax_sentiment.models.layers import (
     TransformerLayer,
     norm_layer,
 )
+from flax_sentiment.models.packing import PackedRows
 
 
 class Encoder(nnx.Module):
@@ -51,11 +52,14 @@ class Encoder(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+                 rngs: nnx.Rngs | None = None, packed: PackedRows | None = None) -> jax.Array:
+        if packed is not None:  # block-diagonal: each token sees its own example only
+            keep = packed.attends()
+        else:
+            if attention_mask is None:
+                attention_mask = jnp.ones_like(input_ids)
+            keep = attention_mask[:, None, None, :] > 0
         # Additive mask as transformers builds it: 0 where attended, the dtype's min where not.
-        keep = attention_mask[:, None, None, :] > 0
         low = jnp.finfo(jnp.float32).min
         bias = jnp.where(keep, 0.0, low).astype(jnp.float32)
         layers = self._schedule()
@@ -65,17 +69,21 @@ class Encoder(nnx.Module):
             near = jnp.abs(pos[:, None] - pos[None, :]) <= self.cfg.local_attention // 2
             local_bias = jnp.where(keep & near, 0.0, low).astype(jnp.float32)
         rel = self.relative(input_ids.shape[1]) if self.cfg.relative_attention else None
-        x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+        positions = None if packed is None else packed.positions
+        x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs,
+                            positions=positions)
         for layer in layers:
             x = layer(x, local_bias if layer.local else bias, rel,
-                      deterministic=deterministic, rngs=rngs)
+                      deterministic=deterministic, rngs=rngs, positions=positions)
         if self.final_norm is not None:
             x = self.final_norm(x).astype(self.dtype)
         return x
 
 
 class SequenceClassifier(nnx.Module):
-    """`model(input_ids, attention_mask, token_type_ids=None, *, deterministic=True)` -> logits.
+    """`model(input_ids, attention_mask, token_type_ids=None, *, deterministic=True)` -> logits
+    [rows, labels]; with `packed=PackedRows(...)` the rows are packed and the logits are one per
+    example slot, [rows * slots, labels].
 
     Training passes `deterministic=False` and a `dropout_rng` key; the module holds no RNG
     state, so its `nnx.state` is parameters only and a train step stays a pure function.
@@ -88,10 +96,12 @@ class SequenceClassifier(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
-                 dropout_rng: jax.Array | None = None) -> jax.Array:
+                 dropout_rng: jax.Array | None = None, packed: PackedRows | None = None
+                 ) -> jax.Array:
         if not deterministic and dropout_rng is None:
             raise ValueError("deterministic=False needs a dropout_rng key")
         rngs = None if deterministic else nnx.Rngs(dropout=dropout_rng)
         hidden = self.encoder(input_ids, attention_mask, token_type_ids,
-                              deterministic=deterministic, rngs=rngs)
-        return self.head(hidden, attention_mask, deterministic=deterministic, rngs=rngs)
+                              deterministic=deterministic, rngs=rngs, packed=packed)
+        return self.head(hidden, attention_mask, deterministic=deterministic, rngs=rngs,
+                         packed=packed)

@@ -157,16 +157,19 @@ class Dropout(nnx.Module):
         return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
 
 
-def rotary(x: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding of `x` [batch, length, heads, head_dim] at positions 0..n-1.
+def rotary(x: jax.Array, theta: float, positions: jax.Array | None = None) -> jax.Array:
+    """Rotary position embedding of `x` [batch, length, heads, head_dim] at `positions`
+    [batch, length] (default 0..n-1; a packed row restarts them at each example).
 
     As transformers computes it (so long positions round alike): float32 inverse frequencies
     and angles, and the rotate-half layout (dimension i pairs with i + head_dim / 2).
     """
     n, d = x.shape[1], x.shape[-1]
     inv_freq = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
-    angles = jnp.arange(n, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)
-    angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]
+    if positions is None:
+        positions = jnp.arange(n)[None, :]
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
     x32 = x.astype(jnp.float32)
     rotated = jnp.concatenate([-x32[..., d // 2:], x32[..., : d // 2]], axis=-1)
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
@@ -241,16 +244,24 @@ class Embeddings(nnx.Module):
             if cfg.project_embeddings else None
         )
 
-    def position_ids(self, input_ids: jax.Array) -> jax.Array:
+    def position_ids(self, input_ids: jax.Array, positions: jax.Array | None = None
+                     ) -> jax.Array:
+        """Rows of the position table. `positions` (0-based within each example of a packed
+        row) are shifted as the architecture numbers them (RoBERTa: from pad + 1)."""
+        if positions is not None:
+            if self.cfg.padding_aware_positions:
+                return positions + self.cfg.pad_token_id + 1
+            return positions
         if self.cfg.padding_aware_positions:
             mask = (input_ids != self.cfg.pad_token_id).astype(jnp.int32)
             return jnp.cumsum(mask, axis=1) * mask + self.cfg.pad_token_id
         return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
 
-    def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs) -> jax.Array:
+    def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs,
+                 positions: jax.Array | None = None) -> jax.Array:
         x = self.word(input_ids)
         if self.position is not None:
-            x = x + self.position(self.position_ids(input_ids))
+            x = x + self.position(self.position_ids(input_ids, positions))
         if self.token_type is not None:
             if token_type_ids is None:
                 token_type_ids = jnp.zeros_like(input_ids)
@@ -335,12 +346,13 @@ class Attention(nnx.Module):
                                                   axis=-1).swapaxes(-1, -2)
         return scores
 
-    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs) -> jax.Array:
+    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs,
+                 positions: jax.Array | None = None) -> jax.Array:
         b, n, h = x.shape
         y = self.norm(x).astype(self.dtype) if self.pre_norm and self.norm is not None else x
         q, k, v = self._project(y)
         if self.rope_theta:
-            q, k = rotary(q, self.rope_theta), rotary(k, self.rope_theta)
+            q, k = rotary(q, self.rope_theta, positions), rotary(k, self.rope_theta, positions)
         # Scale q (b*n*h values) rather than the scores (b*h*n*n), as PyTorch's SDPA does.
         q = q * jnp.asarray(self.scale, q.dtype)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -399,8 +411,10 @@ class TransformerLayer(nnx.Module):
                                    dtype=dtype, rngs=rngs)
         self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs) -> jax.Array:
-        x = self.attention(x, bias, rel, deterministic=deterministic, rngs=rngs)
+    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs,
+                 positions: jax.Array | None = None) -> jax.Array:
+        x = self.attention(x, bias, rel, deterministic=deterministic, rngs=rngs,
+                           positions=positions)
         return self.ffn(x, deterministic=deterministic, rngs=rngs)
 
 
@@ -408,6 +422,8 @@ class ClassificationHead(nnx.Module):
     """pool -> [dropout] -> dense -> activation -> [norm] -> dropout -> out.
 
     Pooling takes the first token, or the mean over the attention mask (ModernBERT's "mean").
+    A packed batch (`packing.Packed`) pools each example of a row: its first token, or the mean
+    over its own segment; the result has one row per example slot.
     BERT/ALBERT (pooler + classifier, tanh) and DistilBERT (pre_classifier, relu) skip the first
     dropout; RoBERTa (tanh), ELECTRA (gelu) and DeBERTa (gelu, its own pooler_dropout rate)
     apply it. ModernBERT norms after the activation.
@@ -427,8 +443,11 @@ class ClassificationHead(nnx.Module):
         self.input_dropout = Dropout(first) if cfg.head_dropout_first else None
         self.dropout = Dropout(cfg.classifier_dropout)
 
-    def __call__(self, hidden, attention_mask=None, *, deterministic: bool, rngs) -> jax.Array:
-        if self.pooling == "mean":
+    def __call__(self, hidden, attention_mask=None, *, deterministic: bool, rngs,
+                 packed=None) -> jax.Array:
+        if packed is not None:
+            x = packed.pool(hidden, self.pooling)
+        elif self.pooling == "mean":
             if attention_mask is None:
                 attention_mask = jnp.ones(hidden.shape[:2], jnp.int32)
             weights = attention_mask.astype(jnp.float32)[..., None]
