@@ -27,8 +27,10 @@ test-all:
 lint:
 	$(VENV)/bin/ruff check .
 
+# ARGS: bench flags, e.g. make bench ARGS="--sections trainer --trainer_seeds 0"
 bench:
-	$(PY) scripts/bench.py
+	$(PY) -m pip install -q -e ".[torch,bench]"
+	$(PY) scripts/bench.py $(ARGS)
 
 # ARGS: config overrides, e.g. make quickstart ARGS=--config.train.max_steps=20
 quickstart:

@@ -442,7 +442,7 @@ class Steps:
                     for b in eval_batches]
         if not jobs:
             return 0
-        workers = threads or min(len(jobs), os.cpu_count() or 1)
+        workers = threads or min(len(jobs), len(os.sched_getaffinity(0)))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             for future in [pool.submit(job) for job in jobs]:
                 future.result()

@@ -1,20 +1,32 @@
-"""`scripts/bench.py --quick`: the side-by-side benchmark runs end to end and prints its table."""
+"""`scripts/bench.py --quick`: the side-by-side benchmark runs end to end and prints its tables,
+the in-process sections and the whole-process comparison with the Hugging Face Trainer."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 from tests.conftest import REPO
 
+# A row of the trainer tables: variant, dtype, seed, cache, whole s, steady ex/s, whole ex/s,
+# validation accuracy, peak RSS MiB, ...
+TRAINER_ROW = re.compile(r"^(Trainer|sst2_minilm\S*)\s+(float32|bfloat16)\s+(\d+)\s+(cold|warm)"
+                         r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s", re.M)
+ACCURACY_LINE = re.compile(r"^ACCURACY (trainer\S+) float32 (?:warm )?seeds 0: Trainer "
+                           r"([\d.]+)%, sst2_minilm ([\d.]+)% \(([-+][\d.]+) points\): equal "
+                           r"within 0.5 points: (yes|no)$", re.M)
 
-def test_bench_quick_prints_table_and_ratios(shared_data):
+
+def test_bench_quick_prints_table_and_ratios(shared_data, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
+    out_json = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick",
-                           "--data", str(shared_data / "sst2")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           "--data", str(shared_data / "sst2"), "--json", str(out_json)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:] + out[-3000:]
     assert "float32 matmul peak" in out
     for row in ("ours float32", "torch float32", "ours bfloat16", "torch bfloat16"):
         assert row in out
@@ -24,4 +36,43 @@ def test_bench_quick_prints_table_and_ratios(shared_data):
         assert ratio in out
     assert "compiles in a full run:" in out
     assert "GPU sweep: skipped" in out
+    # The step profile: each case has a row per side with four positive phase times.
+    profile = [line.split() for line in out.splitlines()
+               if line.startswith(("padded ", "packed ")) and line.split()[2] in ("ours",
+                                                                                  "torch")]
+    assert {(p[0], p[2]) for p in profile} == {("padded", "ours"), ("padded", "torch"),
+                                               ("packed", "ours"), ("packed", "torch")}
+    assert all(float(x) > 0 for p in profile for x in p[3:]), profile
+
+    # The trainer sections (quick: 6 steps, the baseline config, seed 0, float32, cold; the
+    # epoch part reuses those caches, so its runs are the warm ones).
+    assert "== trainer6: whole processes" in out
+    assert "== trainer-epoch: whole processes" in out
+    assert "FAILED" not in out, out[-3000:]
+    rows = TRAINER_ROW.findall(out)
+    seen = {(variant, dtype, cache) for variant, dtype, _, cache, *_ in rows}
+    assert {("Trainer", "float32", "cold"), ("sst2_minilm", "float32", "cold"),
+            ("Trainer", "float32", "warm"), ("sst2_minilm", "float32", "warm")} <= seen, rows
+    assert len(rows) == 4  # one per side in each section
+    for *_, whole_s, steady, whole_ex_s, accuracy, rss in rows:
+        assert 0.0 <= float(accuracy) <= 1.0
+        assert float(whole_s) > 0 and float(steady) > 0 and float(whole_ex_s) > 0
+        assert int(rss) > 100  # MiB: a whole Python process with a model
+    for part in ("trainer6 float32", "trainer-epoch float32 warm"):
+        for kind in ("whole-process", "steady"):
+            assert re.search(rf"^RATIO {part} sst2_minilm/Trainer {kind} examples/s: [\d.]+x$",
+                             out, re.M), (part, kind)
+    accuracies = ACCURACY_LINE.findall(out)
+    assert {label for label, *_ in accuracies} == {"trainer6", "trainer-epoch"}, accuracies
+    for _, theirs, ours, points, _ in accuracies:
+        assert 0.0 <= float(theirs) <= 100.0 and 0.0 <= float(ours) <= 100.0
+        assert abs(float(ours) - float(theirs) - float(points)) < 0.02
+
+    results = json.loads(out_json.read_text())
+    runs = results["trainer"]["runs"] + results["trainer_epoch"]["runs"]
+    assert {r["side"] for r in runs} == {"ours", "trainer"}
+    for r in runs:
+        assert r["returncode"] == 0 and 0.0 <= r["accuracy"] <= 1.0 and r["peak_rss_mib"] > 0
+    assert results["trainer"]["ratios"]["float32 cold"]["sst2_minilm"]["whole_ratio"] > 0
+    assert results["trainer_epoch"]["ratios"]["float32 warm"]["sst2_minilm"]["steady_ratio"] > 0
     assert out.rstrip().endswith("bench: done")

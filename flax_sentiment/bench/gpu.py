@@ -1,0 +1,78 @@
+"""Section `gpu`: on a GPU (or TPU) backend, BERT-base (random weights) bf16 train steps at
+batch 32..256 x seq 128, ours vs PyTorch CUDA, interleaved; skipped on a CPU backend.
+
+Self-contained so a GPU machine can run it alone, in one command:
+    python scripts/bench.py --sections gpu           # or
+    python -m flax_sentiment.bench.gpu [--steps 2] [--reps 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from flax_sentiment.bench.common import (
+    Context,
+    Shape,
+    interleaved,
+    log,
+    median,
+    random_batch,
+    resolve_model,
+)
+from flax_sentiment.bench.runners import Ours, Torch
+
+BATCHES = (32, 64, 128, 256)
+
+
+def sweep(workdir: Path, steps: int, reps: int) -> dict[int, dict[str, float]] | None:
+    """{batch: {'ours', 'torch', 'ours_tflops'}} examples/s, or None on a CPU backend."""
+    backend = jax.default_backend()
+    if backend not in ("gpu", "cuda", "rocm", "tpu"):
+        log(f"\n== GPU sweep: skipped (backend is {backend}, no GPU/TPU)")
+        return None
+    import torch
+
+    folder = resolve_model("bert-base", workdir)
+    shape = Shape.of(folder)
+    cuda = torch.cuda.is_available()
+    log(f"\n== {backend} sweep: BERT-base bf16, seq 128"
+        + ("" if cuda else " (PyTorch CUDA not available: ours only)"))
+    log(f"{'batch':>6}{'ours ex/s':>11}{'torch ex/s':>12}{'ratio':>7}{'ours TFLOP/s':>14}")
+    out = {}
+    for b in BATCHES:
+        batch = random_batch(b, 128, shape.vocab)
+        runners = {"ours": Ours(folder, "bfloat16", batch, steps)}
+        if cuda:
+            runners["torch"] = Torch(folder, True, batch, device="cuda")
+        t = interleaved(runners, reps, steps)
+        ours = b / median(t["ours"])
+        theirs = b / median(t["torch"]) if cuda else float("nan")
+        tflops = ours * shape.train_flops(128) / 1e12
+        log(f"{b:>6}{ours:>11.0f}{theirs:>12.0f}{ours / theirs:>7.2f}{tflops:>14.1f}")
+        out[b] = {"ours": ours, "torch": theirs, "ours_tflops": tflops}
+        del runners
+    return out
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    result = sweep(ctx.tmp, ctx.args.steps, ctx.args.reps)
+    return {"gpu": result} if result is not None else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2, help="Train steps per round and runner.")
+    parser.add_argument("--reps", type=int, default=7, help="Interleaved rounds (median).")
+    args = parser.parse_args()
+    log(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()}")
+    with tempfile.TemporaryDirectory(prefix="fs_bench_gpu_") as tmp:
+        sweep(Path(tmp), args.steps, args.reps)
+
+
+if __name__ == "__main__":
+    main()
