@@ -97,6 +97,8 @@ flags.DEFINE_multi_integer("trainer_seeds", [0, 1], "trainer sections: seeds (fl
                            "bfloat16, warm and the epoch use the first).")
 flags.DEFINE_bool("trainer_warm", True, "trainer section: rerun the first seed with warm caches.")
 flags.DEFINE_bool("trainer_bf16", True, "trainer section: bfloat16 too (first seed, cold).")
+flags.DEFINE_bool("trainer_pin", False, "trainer sections: pin each child process to --threads "
+                  "cores (every thread of it, not only the compute threads).")
 flags.DEFINE_integer("trainer_eval_limit", 0, "trainer sections: only the first N validation "
                      "sentences (0 = all).")
 flags.DEFINE_string("json", "", "Also write all results to this file.")
@@ -110,7 +112,7 @@ def parse_args() -> types.SimpleNamespace:
         "model", "batch", "seq", "steps", "reps", "dtypes", "sections", "peak_size", "data",
         "data_limit", "data_reps", "buckets", "eval_batch", "threads", "torch_threads",
         "trainer_configs", "trainer_steps", "trainer_seeds", "trainer_warm", "trainer_bf16",
-        "trainer_eval_limit", "json", "quick")})
+        "trainer_pin", "trainer_eval_limit", "json", "quick")})
     if args.quick:
         args.model = "tiny" if args.model == common.DEFAULT_MODEL else args.model
         args.batch, args.seq, args.steps, args.reps = 4, 32, 1, 3

@@ -16,8 +16,10 @@ Rules of the comparison:
   step, from wall-clock stamps each process records: ours the TensorBoard wall time of its train
   log at those steps (train.log_every_steps = W), the Trainer's a TrainerCallback's on_step_end.
 - Peak memory: the child's own max RSS (`os.wait4`, which also gives its CPU seconds: the
-  thread policy bounds compute threads; each child is also pinned to that many cores, so
-  XLA's compiler threads get no more CPU than the Trainer's).
+  the thread policy bounds compute threads, not every thread: our prefetch and compiler
+  threads may use another core. `--trainer_pin` pins each child to `threads` cores instead;
+  on this 2-core box that costs ours far more than the Trainer, whose data loading already
+  runs on its one thread: XLA's runtime threads then share the core with the compute).
 - Fairness: the same threads on both sides (the --threads policy: XLA_FLAGS for ours,
   torch.set_num_threads for the Trainer), the same precision (float32 vs float32; bfloat16 =
   our model.dtype=bfloat16 vs the Trainer's bf16 autocast, reported apart), the same number of
@@ -115,6 +117,7 @@ class Plan:
     hparams: dict[str, Any]
     threads: int
     tmp: Path
+    pin: bool = False  # each child pinned to `threads` cores (--trainer_pin)
     # Caches are per (scope, variant, dtype, seed): the scope is the label, so every part
     # starts cold; --quick shares one scope, so later parts find them warm (fewer compiles).
     cache_scope: str = ""
@@ -212,7 +215,7 @@ def run_ours(plan: Plan, config: Path, dtype: str, seed: int, cache: str, caches
     log_path = plan.tmp / f"{name}.log"
     env = child_env()
     env["HF_DATASETS_CACHE"] = str(caches / "datasets")
-    rc, start, whole, rss, cpu = spawn(cmd, log_path, env, plan.threads)
+    rc, start, whole, rss, cpu = spawn(cmd, log_path, env, plan.threads if plan.pin else 0)
     run = Run(variant, dtype, seed, cache, plan.steps, batch, rc, whole, peak_rss_mib=rss,
               cpu_s=cpu, log=str(log_path))
     run.details["command"] = cmd
@@ -264,7 +267,7 @@ def run_trainer(plan: Plan, dtype: str, seed: int, cache: str, caches: Path) -> 
     log_path = plan.tmp / f"{name}.log"
     env = child_env()
     env["HF_DATASETS_CACHE"] = str(caches / "datasets")
-    rc, start, whole, rss, cpu = spawn(cmd, log_path, env, plan.threads)
+    rc, start, whole, rss, cpu = spawn(cmd, log_path, env, plan.threads if plan.pin else 0)
     run = Run(TRAINER, dtype, seed, cache, plan.steps, int(h["batch_size"]), rc, whole,
               peak_rss_mib=rss, cpu_s=cpu, log=str(log_path))
     run.details["command"] = cmd
@@ -342,7 +345,8 @@ def make_plan(ctx: Context, label: str, steps: int) -> Plan | None:
     return Plan(label=label, steps=steps, steady_from=max(1, min(STEADY_FROM, steps // 3)),
                 model=model, folder=resolve_model(model, ctx.tmp), data=data, configs=configs,
                 hparams=hparams, threads=ctx.threads, tmp=ctx.tmp,
-                cache_scope="quick" if args.quick else "")
+                cache_scope="quick" if args.quick else "",
+                pin=bool(getattr(args, "trainer_pin", False)))
 
 
 def train_rows(data: Path) -> int:
