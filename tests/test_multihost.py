@@ -128,6 +128,7 @@ def test_sigterm_on_one_process_stops_all_at_the_same_step(run_setup, tmp_path):
     assert json.loads((workdir / "eval_results.json").read_text())["step"] == end
 
 
+@pytest.mark.slow  # ~1 min; the row split itself is tested in tests/test_packing.py
 def test_two_processes_pack_like_one(run_setup, tmp_path):
     """Packed rows split over two processes (each the same number): the run equals one
     process holding all four devices (the same global row shapes, hence the same dropout)."""
