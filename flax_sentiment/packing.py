@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flax_sentiment import batching
 from flax_sentiment.batching import Batch, TrainIterator, _local_rows
+from flax_sentiment.config import option
 from flax_sentiment.errors import UserError
+from flax_sentiment.parallel import round_up
 
 if TYPE_CHECKING:
     from flax_sentiment.data import TokenizedSplit
@@ -52,10 +55,6 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
             rows.append([int(i)])
             room.append(capacity - n)
     return rows
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-max(n, 1) // multiple) * multiple
 
 
 def materialize_packed(split: TokenizedSplit, rows: Sequence[Sequence[int]], length: int,
@@ -126,7 +125,8 @@ class PackedTrainIterator(TrainIterator):
         self.slots = min(self.batch_size, self.pack_length // shortest)
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(row count per step [S], examples per step [S, batch_size], -1 = none)."""
+        """(row count per step [S], examples per step [S, batch_size], -1 = none); the packed
+        rows of each step are kept with them for `__next__`."""
         if self._plan is None or self._plan[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(len(self.split))
@@ -134,13 +134,10 @@ class PackedTrainIterator(TrainIterator):
             steps = np.full(n, -1, np.int64)
             steps[: len(order)] = order
             steps = steps.reshape(self.steps_per_epoch, self.batch_size)
-            counts = np.array([self.rows_needed(s) for s in steps])
-            self._plan = (epoch, counts, steps)
+            packed = [self.pack(s[s >= 0]) for s in steps]
+            counts = np.array([round_up(len(rows), self.row_multiple) for rows in packed])
+            self._plan = (epoch, counts, steps, packed)
         return self._plan[1], self._plan[2]
-
-    def rows_needed(self, examples: np.ndarray) -> int:
-        real = examples[examples >= 0]
-        return round_up(len(self.pack(real)), self.row_multiple)
 
     def pack(self, examples: np.ndarray) -> list[list[int]]:
         """Rows of `examples` (split indices), each row's examples in packing order."""
@@ -160,11 +157,10 @@ class PackedTrainIterator(TrainIterator):
     def __next__(self) -> Batch:
         if self.position >= self.steps_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        counts, steps = self.plan(self.epoch)
-        count, examples = int(counts[self.position]), steps[self.position]
+        counts, _ = self.plan(self.epoch)
+        count, rows = int(counts[self.position]), self._plan[3][self.position]
         self.position += 1
-        rows = self.pack(examples[examples >= 0])
-        rows += [[] for _ in range(count - len(rows))]
+        rows = rows + [[] for _ in range(count - len(rows))]
         local = _local_rows(count, *self._process)
         return materialize_packed(self.split, rows[local], self.pack_length, self.slots,
                                   self.pad_id)
@@ -184,7 +180,8 @@ class PackedEvalBatches:
         self._local = _local_rows(self.rows_per_batch, process_index, process_count)
         rows = first_fit_decreasing(split.lengths, self.pack_length) if len(split) else []
         self.slots = max((len(r) for r in rows), default=1)
-        rows += [[] for _ in range(round_up(len(rows), self.rows_per_batch) - len(rows))]
+        rows += [[] for _ in range(round_up(max(len(rows), 1), self.rows_per_batch)
+                                   - len(rows))]
         self._batches = [rows[i:i + self.rows_per_batch]
                          for i in range(0, len(rows), self.rows_per_batch)]
 
@@ -219,9 +216,6 @@ def eval_batches(split: TokenizedSplit, data_config: Any, batch_size: int, *, pa
                  process_count: int | None = None) -> Any:
     """A split's evaluation batches as the run's config asks: packed when `data.pack_length`
     is set (rows for about `batch_size` examples each), else length-bucketed."""
-    from flax_sentiment import batching
-    from flax_sentiment.config import option
-
     pack = int(option(data_config, "pack_length", 0))
     if pack:
         mean = float(split.lengths.mean()) if len(split) else 1.0
@@ -229,6 +223,6 @@ def eval_batches(split: TokenizedSplit, data_config: Any, batch_size: int, *, pa
                                  pad_id=pad_id, process_index=process_index,
                                  process_count=process_count)
     buckets = batching.make_buckets(data_config.buckets, int(data_config.max_length))
-    return batching.EvalBatches(split, -(-batch_size // multiple) * multiple, buckets,
+    return batching.EvalBatches(split, round_up(batch_size, multiple), buckets,
                                 pad_id=pad_id, process_index=process_index,
                                 process_count=process_count)

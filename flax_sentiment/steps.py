@@ -14,6 +14,8 @@ train step runs the adapters unmerged instead (`lora.unmerged`), the model step 
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -424,9 +426,6 @@ class Steps:
         """Compile the steps for these batches' shapes now, several at once, instead of one at
         a time when each shape first comes up mid-run: XLA compiles in parallel threads, and
         the jitted steps then find their programs compiled. Returns how many were compiled."""
-        import concurrent.futures
-        import os
-
         jobs = []
         if train_batches:
             state = self.abstract_state

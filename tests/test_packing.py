@@ -57,8 +57,7 @@ def test_packed_logits_equal_padded_logits(case, tmp_path):
     split = _split(cfg, LENGTHS, token_types=token_types)
     pad = cfg.pad_token_id or 0
     padded = batching.materialize(split, np.arange(len(split)), max(LENGTHS), pad)
-    rows = [[split_i for split_i in row] for row in
-            packing.first_fit_decreasing(split.lengths, 24)]
+    rows = packing.first_fit_decreasing(split.lengths, 24)
     assert len(rows) < len(split) and max(len(r) for r in rows) >= 3  # really packed
     packed = packing.materialize_packed(split, rows + [[]], 24, 5, pad)  # an empty row too
     want = _by_example(apply_model(model, padded), padded, len(split))
