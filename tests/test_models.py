@@ -3,6 +3,8 @@
 import logging
 
 import jax
+import jax.extend
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -261,6 +263,55 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
     out = np.asarray(model(ids, mask))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, _torch_logits(ref_model, ids, mask), atol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_linear_accumulates_in_float32_forward_and_backward(dtype, tmp_path):
+    """A bfloat16 Linear's three products (forward, input and kernel gradients) take bfloat16
+    operands with a float32 result (the fast CPU kernels; PyTorch autocast's numerics), and
+    equal float32 products of the same operands rounded once."""
+    from flax_sentiment.models.layers import mixed_dot_general
+
+    low = jnp.dtype(dtype)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 64)), low)
+    w = jnp.asarray(rng.normal(size=(64, 32)), low)
+    g = jnp.asarray(rng.normal(size=(3, 5, 32)), low)
+    dims = (((2,), (0,)), ((), ()))
+
+    y, vjp = jax.vjp(lambda a, b: mixed_dot_general(a, b, dims), x, w)
+    gx, gw = vjp(g)
+    assert y.dtype == gx.dtype == gw.dtype == low
+    f32 = jnp.float32
+    want = [x.astype(f32) @ w.astype(f32), g.astype(f32) @ w.astype(f32).T,
+            jnp.einsum("bni,bnj->ij", x.astype(f32), g.astype(f32))]
+    for got, ref in zip((y, gx, gw), want, strict=True):
+        # One rounding to the low dtype: half an ulp of the result (2^-8 bf16, 2^-11 f16).
+        ulp = 2.0 ** (-7 if dtype == "bfloat16" else -10)
+        np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=ulp / 2 + 1e-6,
+                                   atol=1e-6)
+
+    def products(fn):
+        jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(fn(a, b).astype(f32) ** 2),
+                                        argnums=(0, 1)))(x, w)
+        found = []
+
+        def walk(j):
+            for eqn in j.eqns:
+                if eqn.primitive.name == "dot_general":
+                    found.append(({v.aval.dtype for v in eqn.invars},
+                                  eqn.params["preferred_element_type"]))
+                for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                    walk(sub)
+        walk(jaxpr.jaxpr)
+        return found
+
+    found = products(lambda a, b: mixed_dot_general(a, b, dims))
+    assert len(found) == 3 and all(d == {low} and p == f32 for d, p in found), found
+    # float32 and other contractions go to lax.dot_general unchanged.
+    x32 = x.astype(f32)
+    np.testing.assert_array_equal(mixed_dot_general(x32, w.astype(f32), dims),
+                                  jax.lax.dot_general(x32, w.astype(f32), dims))
 
 
 def test_dropout_is_active_only_when_not_deterministic(tmp_path):

@@ -39,11 +39,54 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         ) from None
 
 
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+@jax.custom_vjp
+def _mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _mixed_matmul_fwd(x, w):
+    return _mixed_matmul(x, w), (x, w)
+
+
+def _mixed_matmul_bwd(res, g):
+    x, w = res
+    g = g.astype(x.dtype)
+    gx = jnp.matmul(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    lead = tuple(range(x.ndim - 1))
+    gw = jnp.tensordot(x, g, (lead, lead), preferred_element_type=jnp.float32)
+    return gx, gw.astype(w.dtype)
+
+
+_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def mixed_dot_general(x: jax.Array, w: jax.Array, dimension_numbers, precision=None,
+                      preferred_element_type=None, **kwargs) -> jax.Array:
+    """`Linear`'s product: for bfloat16/float16 operands, accumulated in float32 in the forward
+    pass *and* in both backward products (returned in the compute dtype, like PyTorch's
+    autocast). Why: XLA's CPU dots reach the AVX512-BF16 / AMX kernels only with a float32
+    result, and plain autodiff of a float32-result dot runs its backward products in float32
+    (measured on this CPU: the bfloat16 MiniLM step 312 ms plain, 212 ms this way, against 279
+    ms float32). Other dtypes and shapes take `lax.dot_general` unchanged."""
+    (contract_x, contract_w), batch = dimension_numbers
+    if (x.dtype in LOW_PRECISION and w.dtype == x.dtype and preferred_element_type is None
+            and tuple(contract_x) == (x.ndim - 1,) and tuple(contract_w) == (0,)
+            and batch == ((), ()) and w.ndim == 2 and not kwargs.get("out_sharding")):
+        return _mixed_matmul(x, w)
+    if preferred_element_type is not None:
+        kwargs["preferred_element_type"] = preferred_element_type
+    return jax.lax.dot_general(x, w, dimension_numbers, precision=precision, **kwargs)
+
+
 def _linear(cfg: EncoderConfig, din: int, dout: int, dtype, rngs: nnx.Rngs, *,
             bias: bool = True) -> nnx.Linear:
     return nnx.Linear(
         din, dout, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
         kernel_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs,
+        dot_general=mixed_dot_general,
     )
 
 
