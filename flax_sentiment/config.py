@@ -63,9 +63,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name_or_path = "bert-base-uncased"  # hub id, local folder, or pip:PACKAGE/sub/folder
-    # Compute dtype: float32 | bfloat16 (parameters and optimizer state stay float32). bfloat16
-    # pays on TPUs and recent GPUs; on the 2-core CPU of docs/BENCHMARKS.md it was 1.01x float32.
+    # Compute dtype: float32 | bfloat16 (parameters and optimizer state stay float32; matmuls
+    # accumulate in float32). bfloat16 pays on TPUs, recent GPUs and CPUs with AVX512-BF16/AMX:
+    # on the 2-core CPU of docs/BENCHMARKS.md, 1.26x float32's steady examples/s.
     c.model.dtype = "float32"
+    # Rematerialise each encoder layer in the backward pass (nnx.remat): activation memory of
+    # one layer instead of all, for about a third more compute. For long sequences and large
+    # batches on GPUs/TPUs; results are unchanged.
+    c.model.remat = False
     # Re-initialise the top k encoder layers and the head with the architecture's own
     # initialisation (Zhang et al., ICLR 2021: helps small-data fine-tuning). 0 = off.
     c.model.reinit_layers = 0
@@ -230,6 +235,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must name a model")
     need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", config.model.dtype,
          "must be float32 or bfloat16")
+    need(isinstance(option(config.model, "remat", False), bool), "model.remat",
+         option(config.model, "remat", False), "must be True or False")
     need(bool(config.data.name_or_path), "data.name_or_path", config.data.name_or_path,
          "must name a dataset")
     need(len(config.data.label_names) >= 2, "data.label_names", list(config.data.label_names),

@@ -246,6 +246,7 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
                                     dtype=config.model.dtype, seed=head_seed)
     check_max_length(config, bundle.config)
+    bundle.model.encoder.remat = option(config.model, "remat", False)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
         log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
     model_def = ModelDef(bundle.model)

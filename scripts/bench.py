@@ -64,7 +64,8 @@ from flax_sentiment.bench import (  # noqa: E402
 SECTIONS = {"peak": peak.run, "train": train_step.run, "profile": profile.run, "data": epoch.run,
             "eval": eval_compile.run, "gpu": gpu.run, "trainer": trainer.run,
             "trainer-epoch": trainer.run_epoch}
-DEFAULT_TRAINER_CONFIGS = ["configs/sst2_minilm.py", "configs/sst2_minilm_packed.py"]
+DEFAULT_TRAINER_CONFIGS = ["configs/sst2_minilm.py", "configs/sst2_minilm_packed.py",
+                           "configs/sst2_minilm_fast.py"]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", common.DEFAULT_MODEL,
@@ -86,8 +87,7 @@ flags.DEFINE_multi_integer("buckets", None, "Bucket lengths of our pipeline (rep
                            "default: flax_sentiment's).")
 flags.DEFINE_integer("eval_batch", 128, "Eval batch size.")
 flags.DEFINE_integer("threads", 0, "CPU threads for both sides: 1 (XLA single-threaded + torch "
-                     "1 thread) or all cores; 0 = auto (1 when cores <= 2 or the machine is "
-                     "loaded).")
+                     "1 thread) or all cores; 0 = all cores (how users run both).")
 flags.DEFINE_integer("torch_threads", 0, "Override PyTorch's intra-op threads (0 = same as "
                      "--threads).")
 flags.DEFINE_list("trainer_configs", DEFAULT_TRAINER_CONFIGS,

@@ -314,6 +314,39 @@ def test_low_precision_linear_accumulates_in_float32_forward_and_backward(dtype,
                                   jax.lax.dot_general(x32, w.astype(f32), dims))
 
 
+@pytest.mark.parametrize("case", ["bert", "albert-groups-inner"])
+def test_remat_recomputes_layers_with_equal_gradients(case, tmp_path):
+    """model.remat: every layer runs under a checkpoint (ALBERT's shared layers too), and the
+    gradients, dropout included, equal those of the plain model."""
+    from flax_sentiment.models.functional import ModelDef
+
+    cls, cfg, _ = CASES[case]
+    _save(cls, cfg, tmp_path)
+    model = fs.load_pretrained(tmp_path)
+    ids, mask, _ = _inputs(cfg)
+
+    def grads(remat):
+        model.encoder.remat = remat
+        md, params = ModelDef(model), ModelDef.params_of(model)
+
+        def loss(p):
+            logits = md.merge(p)(ids, mask, deterministic=False, dropout_rng=jax.random.key(3))
+            return jnp.sum(logits ** 2)
+
+        def count(jaxpr):
+            return sum((e.primitive.name in ("checkpoint", "remat2"))
+                       + sum(count(j) for j in jax.extend.core.jaxprs_in_params(e.params))
+                       for e in jaxpr.eqns)
+
+        return jax.grad(loss)(params), count(jax.make_jaxpr(loss)(params).jaxpr)
+
+    plain, none = grads(False)
+    remat, layers = grads(True)
+    assert none == 0 and layers == len(model.encoder._schedule())
+    for name, g in plain.items():
+        np.testing.assert_allclose(remat[name], g, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_dropout_is_active_only_when_not_deterministic(tmp_path):
     cls, cfg, _ = CASES["bert"]
     _save(cls, cfg, tmp_path)

@@ -344,3 +344,34 @@ def test_bucket_padding_changes_nothing_but_cost(tiny):
             assert max(scale, np.linalg.norm(grads_l[name])) < 1e-9 * total, name
             continue
         assert error <= 1e-5 * scale, (name, error / scale)
+
+
+def test_remat_run_trains_like_the_plain_run(tiny, tmp_path, monkeypatch):
+    """config model.remat reaches the model (its layers are traced under nnx.remat) and a run
+    with dropout ends where the plain run does: remat changes memory and compute, not results."""
+    from flax import nnx
+
+    from flax_sentiment.workdir import load_run
+
+    wrapped = []
+    real_remat = nnx.remat
+
+    def counting_remat(fn, *args, **kwargs):
+        wrapped.append(fn)
+        return real_remat(fn, *args, **kwargs)
+
+    monkeypatch.setattr(nnx, "remat", counting_remat)
+    params, traced = {}, {}
+    for remat in (False, True):
+        wrapped.clear()
+        config = tiny_config(tiny["model"], tiny["data"], **{
+            "model.remat": remat, "train.max_steps": 4, "eval.every_steps": 0,
+            "checkpoint.every_steps": 0})
+        train_and_evaluate(config, tmp_path / str(remat))
+        traced[remat] = len(wrapped)
+        params[remat] = ModelDef.params_of(load_run(tmp_path / str(remat)).model)
+    assert traced[False] == 0 and traced[True] > 0, traced
+    assert params[False].keys() == params[True].keys()
+    for name, value in params[False].items():
+        np.testing.assert_allclose(params[True][name], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)

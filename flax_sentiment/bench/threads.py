@@ -26,12 +26,14 @@ def threads_from_argv(argv: list[str]) -> int:
 
 
 def apply_threads_policy(argv: list[str]) -> int:
-    """Resolve `--threads` (0 = auto) and, for 1 thread, make XLA single-threaded through
-    XLA_FLAGS. Returns the count; torch gets the same one (`runners.pick_torch_threads`)."""
-    threads = threads_from_argv(argv)
-    if threads == 0:  # auto: a loaded machine preempts one of two threads at every barrier
-        cores = os.cpu_count() or 1
-        threads = 1 if cores <= 2 or os.getloadavg()[0] > 0.5 * cores else cores
+    """Resolve `--threads` (0 = every core, the way users run both frameworks) and, for 1
+    thread, make XLA single-threaded through XLA_FLAGS. Returns the count; torch gets the same
+    one (`runners.pick_torch_threads`).
+
+    Why not single-threaded by default on small machines: XLA's CPU runtime runs independent
+    operations of a step on its own threads, which the intra-op flags do not bound, so
+    "1 thread" gave our side ~1.8 cores against torch's 1 (docs/BENCHMARKS.md, "Threads")."""
+    threads = threads_from_argv(argv) or os.cpu_count() or 1
     if threads == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
                                    + SINGLE_THREAD_XLA_FLAGS).strip()
