@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     # Rematerialise each encoder layer in the backward pass (nnx.remat): activation memory of
     # one layer instead of all, for about a third more compute. For long sequences and large
-    # batches on GPUs/TPUs; results are unchanged.
+    # batches on GPUs/TPUs (XLA's CPU backend: no saving measured); results are unchanged.
     c.model.remat = False
     # Re-initialise the top k encoder layers and the head with the architecture's own
     # initialisation (Zhang et al., ICLR 2021: helps small-data fine-tuning). 0 = off.

@@ -1,5 +1,6 @@
 """Section `gpu`: on a GPU (or TPU) backend, BERT-base (random weights) bf16 train steps at
-batch 32..256 x seq 128, ours vs PyTorch CUDA, interleaved; skipped on a CPU backend.
+batch 32..256 x seq 128, ours vs PyTorch CUDA, interleaved; skipped on a CPU backend. Ours also
+with model.remat: its examples/s and XLA's intermediate buffer (activations) with and without.
 
 Self-contained so a GPU machine can run it alone, in one command:
     python scripts/bench.py --sections gpu           # or
@@ -42,19 +43,25 @@ def sweep(workdir: Path, steps: int, reps: int) -> dict[int, dict[str, float]] |
     cuda = torch.cuda.is_available()
     log(f"\n== {backend} sweep: BERT-base bf16, seq 128"
         + ("" if cuda else " (PyTorch CUDA not available: ours only)"))
-    log(f"{'batch':>6}{'ours ex/s':>11}{'torch ex/s':>12}{'ratio':>7}{'ours TFLOP/s':>14}")
+    log(f"{'batch':>6}{'ours ex/s':>11}{'torch ex/s':>12}{'ratio':>7}{'ours TFLOP/s':>14}"
+        f"{'remat ex/s':>12}{'temp GiB':>10}{'remat temp GiB':>16}")
     out = {}
     for b in BATCHES:
         batch = random_batch(b, 128, shape.vocab)
-        runners = {"ours": Ours(folder, "bfloat16", batch, steps)}
+        runners = {"ours": Ours(folder, "bfloat16", batch, steps),
+                   "remat": Ours(folder, "bfloat16", batch, steps, remat=True)}
         if cuda:
             runners["torch"] = Torch(folder, True, batch, device="cuda")
         t = interleaved(runners, reps, steps)
         ours = b / median(t["ours"])
         theirs = b / median(t["torch"]) if cuda else float("nan")
         tflops = ours * shape.train_flops(128) / 1e12
-        log(f"{b:>6}{ours:>11.0f}{theirs:>12.0f}{ours / theirs:>7.2f}{tflops:>14.1f}")
-        out[b] = {"ours": ours, "torch": theirs, "ours_tflops": tflops}
+        remat = b / median(t["remat"])
+        temp, remat_temp = (runners[k].temp_bytes / 2**30 for k in ("ours", "remat"))
+        log(f"{b:>6}{ours:>11.0f}{theirs:>12.0f}{ours / theirs:>7.2f}{tflops:>14.1f}"
+            f"{remat:>12.0f}{temp:>10.2f}{remat_temp:>16.2f}")
+        out[b] = {"ours": ours, "torch": theirs, "ours_tflops": tflops, "remat": remat,
+                  "temp_gib": temp, "remat_temp_gib": remat_temp}
         del runners
     return out
 

@@ -27,16 +27,18 @@ from flax_sentiment.steps import Steps
 _TRAINERS: dict[tuple, Any] = {}
 
 
-def make_trainer(folder: Path, dtype: str, batch: int, steps: int) -> tuple[Steps, Any, Any]:
+def make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool = False
+                 ) -> tuple[Steps, Any, Any]:
     """The production steps, as the loop builds them (cached: sections share compiled
-    shapes), the bundle, and the initial weights."""
-    key = (str(folder), dtype, batch)
+    shapes), the bundle, and the initial weights. `remat`: config model.remat."""
+    key = (str(folder), dtype, batch, remat)
     if key not in _TRAINERS:
-        _TRAINERS[key] = _make_trainer(folder, dtype, batch, steps)
+        _TRAINERS[key] = _make_trainer(folder, dtype, batch, steps, remat)
     return _TRAINERS[key]
 
 
-def _make_trainer(folder: Path, dtype: str, batch: int, steps: int) -> tuple[Steps, Any, Any]:
+def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool
+                  ) -> tuple[Steps, Any, Any]:
     config = base_config()
     config.model.name_or_path = str(folder)
     config.model.dtype = dtype
@@ -44,6 +46,7 @@ def _make_trainer(folder: Path, dtype: str, batch: int, steps: int) -> tuple[Ste
     config.train.max_steps = max(steps, 10)
     config.train.learning_rate = 1e-5  # small: many steps on random batches stay finite
     bundle = load_pretrained_bundle(str(folder), num_labels=2, dtype=dtype, seed=0)
+    bundle.model.encoder.remat = remat
     trainer = Steps(ModelDef(bundle.model), 2, parallel.make_mesh(), train=config.train,
                     total_steps=config.train.max_steps)
     # A host copy of the initial weights: each section starts a fresh state from it.
@@ -62,9 +65,10 @@ def xla_flops(compiled: Any) -> float | None:
 class Ours:
     """Train steps of `flax_sentiment.steps.Steps` on one fixed batch (placed once)."""
 
-    def __init__(self, folder: Path, dtype: str, batch: dict[str, np.ndarray], steps: int):
+    def __init__(self, folder: Path, dtype: str, batch: dict[str, np.ndarray], steps: int,
+                 remat: bool = False):
         self.trainer, self.bundle, params = make_trainer(folder, dtype, len(batch["labels"]),
-                                                         steps)
+                                                         steps, remat)
         self.batch = batching.shard_batch(batch, self.trainer.data_sharding)
         self.state = self.trainer.init_state(params)
         t0 = time.perf_counter()
@@ -73,6 +77,9 @@ class Ours:
         compiled = lowered.compile()
         self.compile_s = time.perf_counter() - t0
         self.xla_flops = xla_flops(compiled)
+        self.temp_bytes = float("nan")  # XLA's buffer for intermediates (activations)
+        with contextlib.suppress(Exception):
+            self.temp_bytes = float(compiled.memory_analysis().temp_size_in_bytes)
         self.step(1)  # first call: executable load, allocations
 
     def step(self, n: int) -> None:
