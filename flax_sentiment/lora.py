@@ -29,7 +29,6 @@ weight decay treat them as the layer's own matrices.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import logging
 import math
@@ -46,7 +45,7 @@ from flax import nnx
 from flax_sentiment.config import option
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.models.layers import Dropout
+from flax_sentiment.models.layers import ADAPTER_RNGS, Dropout
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +207,7 @@ def describe(spec: LoraSpec, trainable: Mapping[str, Any], total: int) -> str:
 
 
 # The adapters' dropout keys while a train step's forward pass is traced (None: no dropout).
-_ADAPTER_RNGS: contextvars.ContextVar[nnx.Rngs | None] = contextvars.ContextVar(
-    "lora_adapter_rngs", default=None)
+_ADAPTER_RNGS = ADAPTER_RNGS
 # Folded into the micro-batch's dropout key for the adapters' stream. The model's own stream
 # folds in its call count (0, 1, 2, ...: a few per layer), so this is none of its keys.
 ADAPTER_STREAM = 0x4C6F5241  # "LoRA"

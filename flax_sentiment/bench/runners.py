@@ -128,8 +128,9 @@ class Torch:
 
 
 def pick_torch_threads(requested: int, rows: int, hidden: int, inner: int) -> str:
-    """Give PyTorch its best thread count: on a loaded machine OpenMP barriers make 2 threads
-    slower than 1. 0 = try 1 and all cores on a model-shaped matmul, keep the faster."""
+    """Set PyTorch's intra-op threads: `requested` (scripts/bench.py passes its --threads
+    policy's count, or --torch_threads), or with 0 the faster of 1 and all cores on a
+    model-shaped matmul (on a loaded machine OpenMP barriers can make 2 threads slower than 1)."""
     import torch
 
     cores = os.cpu_count() or 1

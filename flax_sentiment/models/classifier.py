@@ -8,6 +8,7 @@ from flax import nnx
 
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.layers import (
+    ADAPTER_RNGS,
     ClassificationHead,
     Embeddings,
     RelativePositions,
@@ -77,14 +78,20 @@ class Encoder(nnx.Module):
         positions = None if packed is None else packed.positions
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs,
                             positions=positions)
-        def apply(layer, x, bias, rel, positions, rngs):
-            return layer(x, bias, rel, deterministic=deterministic, rngs=rngs,
-                         positions=positions)
+        def apply(layer, x, bias, rel, positions, rngs, adapter_rngs):
+            token = ADAPTER_RNGS.set(adapter_rngs)  # inside remat: the checkpoint's own copy
+            try:
+                return layer(x, bias, rel, deterministic=deterministic, rngs=rngs,
+                             positions=positions)
+            finally:
+                ADAPTER_RNGS.reset(token)
 
         if self.remat:
             apply = nnx.remat(apply)
+        adapter_rngs = ADAPTER_RNGS.get()
         for layer in layers:
-            x = apply(layer, x, local_bias if layer.local else bias, rel, positions, rngs)
+            x = apply(layer, x, local_bias if layer.local else bias, rel, positions, rngs,
+                      adapter_rngs)
         if self.final_norm is not None:
             x = self.final_norm(x).astype(self.dtype)
         return x

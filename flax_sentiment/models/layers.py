@@ -6,6 +6,7 @@ architecture's tensor names. Parameters are float32; `dtype` is the compute dtyp
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Callable
 
@@ -38,6 +39,13 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
             f"hidden_act {name!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
         ) from None
 
+
+# Dropout keys of layers swapped in after construction (LoRA's unmerged adapters,
+# `lora.adapter_dropout`), set while a train step's forward pass is traced; None = none. The
+# encoder hands it to each layer as an argument, so that `nnx.remat` carries its key counter
+# into the checkpoint's trace and back.
+ADAPTER_RNGS: contextvars.ContextVar[nnx.Rngs | None] = contextvars.ContextVar(
+    "adapter_rngs", default=None)
 
 LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -73,8 +81,9 @@ def mixed_dot_general(x: jax.Array, w: jax.Array, dimension_numbers, precision=N
     ms float32). Other dtypes and shapes take `lax.dot_general` unchanged."""
     (contract_x, contract_w), batch = dimension_numbers
     if (x.dtype in LOW_PRECISION and w.dtype == x.dtype and preferred_element_type is None
-            and tuple(contract_x) == (x.ndim - 1,) and tuple(contract_w) == (0,)
-            and batch == ((), ()) and w.ndim == 2 and not kwargs.get("out_sharding")):
+            and precision is None and tuple(contract_x) == (x.ndim - 1,)
+            and tuple(contract_w) == (0,) and batch == ((), ()) and w.ndim == 2
+            and kwargs.get("out_sharding") is None):
         return _mixed_matmul(x, w)
     if preferred_element_type is not None:
         kwargs["preferred_element_type"] = preferred_element_type
