@@ -11,7 +11,7 @@ from flax_sentiment.config import base_config, minilm_sst2
 
 def get_config():
     c = minilm_sst2(base_config())
-    c.data.pack_length = c.data.max_length  # 66
+    c.data.pack_length = c.data.get_ref("max_length")  # 66, and follows an override of it
     c.train.batch_size = 32
     c.train.num_epochs = 2.0
     c.train.learning_rate = 1e-4

@@ -59,3 +59,13 @@ def test_hub_model_offline_is_a_clear_error(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "could not be downloaded" in last
     assert not (tmp_path / "run").exists()
+
+
+def test_fast_config_rows_follow_max_length():
+    """configs/sst2_minilm_fast.py packs rows of `max_length` tokens, also when that is
+    overridden (a command-line override sets the field as this test does)."""
+    config = _load(REPO / "configs" / "sst2_minilm_fast.py")
+    assert config.data.pack_length == config.data.max_length == 66
+    config.data.max_length = 80
+    assert config.data.pack_length == 80
+    validate(config)

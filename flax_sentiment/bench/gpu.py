@@ -25,7 +25,7 @@ from flax_sentiment.bench.common import (
     random_batch,
     resolve_model,
 )
-from flax_sentiment.bench.runners import Ours, Torch
+from flax_sentiment.bench.runners import Ours, Torch, forget_trainers
 
 BATCHES = (32, 64, 128, 256)
 
@@ -63,6 +63,7 @@ def sweep(workdir: Path, steps: int, reps: int) -> dict[int, dict[str, float]] |
         out[b] = {"ours": ours, "torch": theirs, "ours_tflops": tflops, "remat": remat,
                   "temp_gib": temp, "remat_temp_gib": remat_temp}
         del runners
+        forget_trainers()  # ~440 MB of device weights per cached trainer
     return out
 
 

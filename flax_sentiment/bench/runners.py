@@ -37,6 +37,11 @@ def make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool =
     return _TRAINERS[key]
 
 
+def forget_trainers() -> None:
+    """Drop the cached steps and weights (the GPU sweep's batches each build their own)."""
+    _TRAINERS.clear()
+
+
 def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool
                   ) -> tuple[Steps, Any, Any]:
     config = base_config()
