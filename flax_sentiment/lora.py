@@ -206,10 +206,10 @@ def describe(spec: LoraSpec, trainable: Mapping[str, Any], total: int) -> str:
 # Unmerged adapters, for LoRA dropout in training
 
 
-# The adapters' dropout keys while a train step's forward pass is traced (None: no dropout).
-_ADAPTER_RNGS = ADAPTER_RNGS
-# Folded into the micro-batch's dropout key for the adapters' stream. The model's own stream
-# folds in its call count (0, 1, 2, ...: a few per layer), so this is none of its keys.
+# The adapters' dropout keys live in `layers.ADAPTER_RNGS` while a train step's forward pass
+# is traced (None: no dropout). ADAPTER_STREAM is folded into the micro-batch's dropout key
+# for the adapters' stream. The model's own stream folds in its call count (0, 1, 2, ...: a
+# few per layer), so this is none of its keys.
 ADAPTER_STREAM = 0x4C6F5241  # "LoRA"
 
 
@@ -224,11 +224,11 @@ def adapter_dropout(dropout_rng: jax.Array) -> Iterator[None]:
     key = dropout_rng
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    token = _ADAPTER_RNGS.set(nnx.Rngs(dropout=jax.random.fold_in(key, ADAPTER_STREAM)))
+    token = ADAPTER_RNGS.set(nnx.Rngs(dropout=jax.random.fold_in(key, ADAPTER_STREAM)))
     try:
         yield
     finally:
-        _ADAPTER_RNGS.reset(token)
+        ADAPTER_RNGS.reset(token)
 
 
 class LoraLinear(nnx.Linear):
@@ -256,7 +256,7 @@ class LoraLinear(nnx.Linear):
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         y = super().__call__(inputs, out_sharding)
-        rngs = _ADAPTER_RNGS.get()
+        rngs = ADAPTER_RNGS.get()
         x = self.lora_dropout(inputs, deterministic=rngs is None, rngs=rngs)
         x, a, b = self.promote_dtype((x, self.lora_a[...], self.lora_b[...]), dtype=self.dtype)
         h = jnp.matmul(x, a, precision=self.precision) * jnp.asarray(self.scale, x.dtype)
