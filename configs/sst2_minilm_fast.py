@@ -6,16 +6,10 @@ Five row counts (5-9 rows a step) are compiled instead of three: a longer cold s
 within the first few hundred steps (docs/BENCHMARKS.md). Add --config.model.dtype=bfloat16 on
 CPUs with AVX512-BF16 or AMX, and on GPUs and TPUs."""
 
-from flax_sentiment.config import base_config, minilm_sst2
+from flax_sentiment.config import base_config, baseline_training, minilm_sst2
 
 
 def get_config():
-    c = minilm_sst2(base_config())
+    c = baseline_training(minilm_sst2(base_config()))
     c.data.pack_length = c.data.get_ref("max_length")  # 66, and follows an override of it
-    c.train.batch_size = 32
-    c.train.num_epochs = 2.0
-    c.train.learning_rate = 1e-4
-    c.train.warmup_ratio = 0.06
-    c.eval.every_steps = 500
-    c.checkpoint.every_steps = 500
     return c

@@ -213,6 +213,18 @@ def minilm_sst2(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def baseline_training(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The training hyperparameters of `configs/sst2_minilm.py` (the fixed baseline, kept
+    self-contained), for recipes that change something else and are compared with it."""
+    c.train.batch_size = 32
+    c.train.num_epochs = 2.0
+    c.train.learning_rate = 1e-4
+    c.train.warmup_ratio = 0.06
+    c.eval.every_steps = 500
+    c.checkpoint.every_steps = 500
+    return c
+
+
 def sweep_tuned(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The hyperparameters configs/sst2_minilm_sweep.py chose for MiniLM on SST-2 (13 trials;
     docs/RESULTS.md): batch 64, learning rate 2.0e-4, warmup 14%, weight decay 0.022."""

@@ -69,3 +69,14 @@ def test_fast_config_rows_follow_max_length():
     config.data.max_length = 80
     assert config.data.pack_length == 80
     validate(config)
+
+
+def test_packed_recipes_keep_the_baseline_hyperparameters():
+    """The packed recipes are compared with configs/sst2_minilm.py (docs/BENCHMARKS.md): they
+    differ from it in data.pack_length alone."""
+    baseline = _load(REPO / "configs" / "sst2_minilm.py").to_dict()
+    for name in ("sst2_minilm_packed", "sst2_minilm_fast"):
+        recipe = _load(REPO / "configs" / f"{name}.py").to_dict()
+        assert recipe["data"].pop("pack_length") > 0
+        baseline["data"].pop("pack_length", None)
+        assert recipe == baseline, name
