@@ -97,6 +97,12 @@ flags.DEFINE_multi_integer("trainer_seeds", [0, 1], "trainer sections: seeds (fl
                            "bfloat16, warm and the epoch use the first).")
 flags.DEFINE_bool("trainer_warm", True, "trainer section: rerun the first seed with warm caches.")
 flags.DEFINE_bool("trainer_bf16", True, "trainer section: bfloat16 too (first seed, cold).")
+flags.DEFINE_bool("trainer_float32", True, "trainer section: float32 (every seed); "
+                  "--notrainer_float32 runs bfloat16 only (GPUs: XLA's float32 matmuls use TF32 "
+                  "by default, torch's do not).")
+flags.DEFINE_enum("trainer_epoch_dtype", "float32", ["float32", "bfloat16"],
+                  "trainer-epoch section: the dtype of both sides.")
+flags.DEFINE_multi_integer("gpu_batches", list(gpu.BATCHES), "gpu section: batch sizes.")
 flags.DEFINE_bool("trainer_pin", False, "trainer sections: pin each child process to --threads "
                   "cores (every thread of it, not only the compute threads).")
 flags.DEFINE_integer("trainer_eval_limit", 0, "trainer sections: only the first N validation "
@@ -112,7 +118,8 @@ def parse_args() -> types.SimpleNamespace:
         "model", "batch", "seq", "steps", "reps", "dtypes", "sections", "peak_size", "data",
         "data_limit", "data_reps", "buckets", "eval_batch", "threads", "torch_threads",
         "trainer_configs", "trainer_steps", "trainer_seeds", "trainer_warm", "trainer_bf16",
-        "trainer_pin", "trainer_eval_limit", "json", "quick")})
+        "trainer_pin", "trainer_eval_limit", "json", "quick", "trainer_float32",
+        "trainer_epoch_dtype", "gpu_batches")})
     if args.quick:
         args.model = "tiny" if args.model == common.DEFAULT_MODEL else args.model
         args.batch, args.seq, args.steps, args.reps = 4, 32, 1, 3

@@ -30,7 +30,8 @@ from flax_sentiment.bench.runners import Ours, Torch, forget_trainers
 BATCHES = (32, 64, 128, 256)
 
 
-def sweep(workdir: Path, steps: int, reps: int) -> dict[int, dict[str, float]] | None:
+def sweep(workdir: Path, steps: int, reps: int, batches: tuple[int, ...] = BATCHES
+          ) -> dict[int, dict[str, float]] | None:
     """{batch: {'ours', 'torch', 'ours_tflops'}} examples/s, or None on a CPU backend."""
     backend = jax.default_backend()
     if backend not in ("gpu", "cuda", "rocm", "tpu"):
@@ -46,7 +47,7 @@ def sweep(workdir: Path, steps: int, reps: int) -> dict[int, dict[str, float]] |
     log(f"{'batch':>6}{'ours ex/s':>11}{'torch ex/s':>12}{'ratio':>7}{'ours TFLOP/s':>14}"
         f"{'remat ex/s':>12}{'temp GiB':>10}{'remat temp GiB':>16}")
     out = {}
-    for b in BATCHES:
+    for b in batches:
         batch = random_batch(b, 128, shape.vocab)
         runners = {"ours": Ours(folder, "bfloat16", batch, steps),
                    "remat": Ours(folder, "bfloat16", batch, steps, remat=True)}
@@ -68,7 +69,8 @@ def sweep(workdir: Path, steps: int, reps: int) -> dict[int, dict[str, float]] |
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    result = sweep(ctx.tmp, ctx.args.steps, ctx.args.reps)
+    result = sweep(ctx.tmp, ctx.args.steps, ctx.args.reps,
+                   tuple(getattr(ctx.args, "gpu_batches", BATCHES)))
     return {"gpu": result} if result is not None else {}
 
 
@@ -76,10 +78,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2, help="Train steps per round and runner.")
     parser.add_argument("--reps", type=int, default=7, help="Interleaved rounds (median).")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     args = parser.parse_args()
     log(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()}")
     with tempfile.TemporaryDirectory(prefix="fs_bench_gpu_") as tmp:
-        sweep(Path(tmp), args.steps, args.reps)
+        sweep(Path(tmp), args.steps, args.reps, tuple(args.batches))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m flax_sentiment.bench.hf_trainer_run --model FOLDER --data SST2_FOLDER --steps N
         --seed S --out RESULT.json [--bf16] [--epochs 1] [--threads T] [--cache_dir DIR]
+        [--device cuda]
 
 (the bench runs it by file path, `python flax_sentiment/bench/hf_trainer_run.py ...`: `-m`
 would first import the flax_sentiment package, and with it JAX, 1 s and 180 MB that are no part
@@ -40,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="Train steps (max_steps).")
     p.add_argument("--epochs", type=float, default=0.0, help="Epochs instead of --steps.")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU).")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast.")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="Where the Trainer trains (the parent passes where our side runs).")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's).")
     p.add_argument("--cache_dir", default=None, help="datasets cache (tokenization).")
     p.add_argument("--output_dir", default=None, help="Trainer's output_dir (nothing is saved).")
@@ -62,6 +65,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.steps > 0) == (args.epochs > 0):
         p.error("give exactly one of --steps and --epochs")
     return args
+
+
+def length_grouping(arguments: type) -> dict[str, object]:
+    """Length-grouped batches in either spelling: `train_sampling_strategy` (later transformers
+    5 releases) or the older `group_by_length`."""
+    fields = getattr(arguments, "__dataclass_fields__", {})
+    if "train_sampling_strategy" in fields:
+        return {"train_sampling_strategy": "group_by_length"}
+    if "group_by_length" in fields:
+        return {"group_by_length": True}
+    raise RuntimeError("transformers' TrainingArguments has neither train_sampling_strategy nor "
+                       "group_by_length: cannot group the Trainer's batches by length")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,9 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
             max_steps=args.steps if args.steps > 0 else -1,
             num_train_epochs=args.epochs if args.epochs > 0 else 1.0,
             seed=args.seed,
-            use_cpu=True,
+            use_cpu=args.device == "cpu",
             bf16=args.bf16,
-            train_sampling_strategy="group_by_length",
+            **length_grouping(T.TrainingArguments),
             dataloader_num_workers=0,
             report_to=[],
             save_strategy="no",
@@ -146,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "side": "trainer", "steps": train_out.global_step, "seed": args.seed,
         "dtype": "bfloat16" if args.bf16 else "float32", "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(), "train_examples": len(tokens["train"]),
+        "torch_threads": torch.get_num_threads(), "device": str(trainer.args.device),
+        "train_examples": len(tokens["train"]),
         "eval_examples": len(tokens["validation"]), "accuracy": metrics["eval_accuracy"],
         "eval_loss": metrics["eval_loss"], "train_loss": train_out.training_loss,
         "stamps": stamps, "step_times": {str(k): v for k, v in sorted(steps.items())},

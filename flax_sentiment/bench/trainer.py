@@ -118,6 +118,7 @@ class Plan:
     threads: int
     tmp: Path
     pin: bool = False  # each child pinned to `threads` cores (--trainer_pin)
+    device: str = "cpu"  # where both sides train: 'cuda' when JAX's backend is a GPU
     # Caches are per (scope, variant, dtype, seed): the scope is the label, so every part
     # starts cold; --quick shares one scope, so later parts find them warm (fewer compiles).
     cache_scope: str = ""
@@ -261,7 +262,7 @@ def run_trainer(plan: Plan, dtype: str, seed: int, cache: str, caches: Path) -> 
            "--adam_beta2", repr(h["adam_b2"]), "--adam_epsilon", repr(h["adam_eps"]),
            "--max_grad_norm", repr(h["max_grad_norm"]), "--scheduler", h["schedule"],
            "--max_length", str(h["max_length"]), "--text_column", h["text_column"],
-           "--label_column", h["label_column"]]
+           "--label_column", h["label_column"], "--device", plan.device]
     if dtype == "bfloat16":
         cmd.append("--bf16")
     log_path = plan.tmp / f"{name}.log"
@@ -346,7 +347,15 @@ def make_plan(ctx: Context, label: str, steps: int) -> Plan | None:
                 model=model, folder=resolve_model(model, ctx.tmp), data=data, configs=configs,
                 hparams=hparams, threads=ctx.threads, tmp=ctx.tmp,
                 cache_scope="quick" if args.quick else "",
-                pin=bool(getattr(args, "trainer_pin", False)))
+                pin=bool(getattr(args, "trainer_pin", False)), device=accelerator())
+
+
+def accelerator() -> str:
+    """Where the Trainer trains: on the GPU when our side does (JAX's default backend), so both
+    sides use the same hardware."""
+    import jax
+
+    return "cuda" if jax.default_backend() in ("gpu", "cuda", "rocm") else "cpu"
 
 
 def train_rows(data: Path) -> int:
@@ -368,7 +377,7 @@ def print_header(plan: Plan, what: str) -> None:
         f"{h['schedule']} schedule, max grad norm {h['max_grad_norm']:g}, Adam eps "
         f"{h['adam_eps']:g}, max_length {h['max_length']}, eval batch {h['eval_batch_size']}; "
         f"threads {plan.threads} (ours XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"Trainer torch.set_num_threads({plan.threads}))")
+        f"Trainer torch.set_num_threads({plan.threads})); device {plan.device} on both sides")
     names = [str(c.relative_to(REPO)) if c.is_relative_to(REPO) else str(c)
              for c in plan.configs]
     log(f"ours: {', '.join(names)}; load average {load_average()}")
@@ -467,6 +476,7 @@ def report(plan: Plan, runs: list[Run], parts: list[tuple[str, str, bool]]) -> d
               for dtype, cache, accuracy in parts}
     return {"label": plan.label, "steps": plan.steps, "steady_from": plan.steady_from,
             "model": plan.model, "data": str(plan.data), "threads": plan.threads,
+            "device": plan.device,
             "configs": [str(c) for c in plan.configs], "hparams": plan.hparams,
             "runs": [r.to_json() for r in runs], "ratios": ratios}
 
@@ -477,24 +487,27 @@ def report(plan: Plan, runs: list[Run], parts: list[tuple[str, str, bool]]) -> d
 
 def run(ctx: Context) -> dict[str, Any]:
     """Section `trainer`: float32 for every seed (cold, plus a warm rerun of the first seed)
-    and bfloat16 for the first seed, at --trainer_steps."""
+    and bfloat16 for the first seed, at --trainer_steps (--notrainer_float32: bfloat16 only,
+    e.g. on a GPU, where float32 matmuls differ by default: TF32 in XLA, not in torch)."""
     args = ctx.args
     plan = make_plan(ctx, f"trainer{args.trainer_steps}", args.trainer_steps)
     if plan is None:
         return {}
-    print_header(plan, f"float32 seeds {' '.join(map(str, args.trainer_seeds))}"
-                 + (f", bfloat16 seed {args.trainer_seeds[0]}" if args.trainer_bf16 else ""))
+    float32 = getattr(args, "trainer_float32", True)
+    print_header(plan, ", ".join(
+        ([f"float32 seeds {' '.join(map(str, args.trainer_seeds))}"] if float32 else [])
+        + ([f"bfloat16 seed {args.trainer_seeds[0]}"] if args.trainer_bf16 else [])))
     variants = [TRAINER] + [c.stem for c in plan.configs]
     jobs = []
-    for i, seed in enumerate(args.trainer_seeds):
+    for i, seed in enumerate(args.trainer_seeds if float32 else []):
         order = variants if i % 2 == 0 else variants[::-1]  # alternate who goes first
         for variant in order:
             jobs += [(variant, "float32", seed)] * (2 if i == 0 and args.trainer_warm else 1)
     if args.trainer_bf16:
         jobs += [(v, "bfloat16", args.trainer_seeds[0]) for v in variants]
     runs = execute(plan, jobs)
-    parts = [("float32", "cold", True)]
-    if args.trainer_warm:
+    parts = [("float32", "cold", True)] if float32 else []
+    if args.trainer_warm and float32:
         parts.append(("float32", "warm", False))
     if args.trainer_bf16:
         parts.append(("bfloat16", "cold", True))
@@ -503,7 +516,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def run_epoch(ctx: Context) -> dict[str, Any]:
     """Section `trainer-epoch`: one epoch of the training split (2105 steps on SST-2), first
-    seed, float32, cold."""
+    seed, --trainer_epoch_dtype (float32), cold."""
     args = ctx.args
     plan = make_plan(ctx, "trainer-epoch", 1)
     if plan is None:
@@ -511,13 +524,14 @@ def run_epoch(ctx: Context) -> dict[str, Any]:
     n = train_rows(plan.data)
     plan.steps = math.ceil(n / plan.hparams["batch_size"])
     plan.steady_from = max(1, min(STEADY_FROM, plan.steps // 3))
-    print_header(plan, f"one epoch ({n} sentences = {plan.steps} steps), float32, seed "
+    dtype = getattr(args, "trainer_epoch_dtype", "float32")
+    print_header(plan, f"one epoch ({n} sentences = {plan.steps} steps), {dtype}, seed "
                  f"{args.trainer_seeds[0]}, " + ("the caches of the trainer section (--quick)"
                                                  if args.quick else "cold"))
     seed = args.trainer_seeds[0]
-    runs = execute(plan, [(v, "float32", seed) for v in [TRAINER] + [c.stem for c in plan.configs]])
+    runs = execute(plan, [(v, dtype, seed) for v in [TRAINER] + [c.stem for c in plan.configs]])
     caches = sorted({r.cache for r in runs})  # cold, or warm where --quick shares the caches
-    return {"trainer_epoch": report(plan, runs, [("float32", c, True) for c in caches])}
+    return {"trainer_epoch": report(plan, runs, [(dtype, c, True) for c in caches])}
 
 
 def quick_defaults(args: types.SimpleNamespace, given: set[str]) -> None:
