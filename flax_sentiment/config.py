@@ -71,6 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
     # one layer instead of all, for about a third more compute. For long sequences and large
     # batches on GPUs/TPUs (XLA's CPU backend: no saving measured); results are unchanged.
     c.model.remat = False
+    # Run each stretch of identically built encoder layers as one lax.scan (their weights
+    # stacked inside the step; stored, checkpointed and exported per layer as always): XLA
+    # compiles one layer, not all. Results are unchanged. On XLA's CPU backend it did not cut
+    # compile time and cost ~5-10% per step (docs/BENCHMARKS.md); meant for deep models on
+    # GPUs/TPUs, where compiling dominates short runs (the `gpu` bench section measures it).
+    c.model.scan_layers = False
     # Re-initialise the top k encoder layers and the head with the architecture's own
     # initialisation (Zhang et al., ICLR 2021: helps small-data fine-tuning). 0 = off.
     c.model.reinit_layers = 0
@@ -249,6 +255,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be float32 or bfloat16")
     need(isinstance(option(config.model, "remat", False), bool), "model.remat",
          option(config.model, "remat", False), "must be True or False")
+    need(isinstance(option(config.model, "scan_layers", False), bool), "model.scan_layers",
+         option(config.model, "scan_layers", False), "must be True or False")
     need(bool(config.data.name_or_path), "data.name_or_path", config.data.name_or_path,
          "must name a dataset")
     need(len(config.data.label_names) >= 2, "data.label_names", list(config.data.label_names),

@@ -247,6 +247,7 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
                                     dtype=config.model.dtype, seed=head_seed)
     check_max_length(config, bundle.config)
     bundle.model.encoder.remat = option(config.model, "remat", False)
+    bundle.model.encoder.scan = option(config.model, "scan_layers", False)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
         log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
     model_def = ModelDef(bundle.model)

@@ -592,18 +592,20 @@ def test_lora_run_resumes_exactly_after_sigkill(lora_setup, tmp_path):
     assert_same_run(uninterrupted, killed, atol=1e-6)
 
 
-def test_lora_dropout_under_remat_gives_the_same_gradients(tiny):
-    """model.remat with LoRA dropout: the adapters' key stream crosses each layer's checkpoint
-    (an argument of the rematerialised call), so gradients equal the plain model's, and the
-    adapters' masks really apply (without them the gradients differ)."""
+@pytest.mark.parametrize("option", ["remat", "scan"])
+def test_lora_dropout_under_remat_or_scan_gives_the_same_gradients(tiny, option):
+    """model.remat / model.scan_layers with LoRA dropout: the adapters' key stream crosses each
+    layer's checkpoint (an argument of the rematerialised call) or the scan (in its carry), so
+    gradients equal the plain model's, and the adapters' masks really apply (without them the
+    gradients differ)."""
     merged, adapters, bundle = random_adapters(tiny("bert"), "all")
     ids, mask, types = _inputs(bundle.tokenizer, merged)
     types = types.astype(np.int32)
     key = jax.random.key(4)
 
-    def grads(remat, adapter_dropout=True):
+    def grads(on, adapter_dropout=True):
         model = _unmerged_model(bundle, adapters, 0.5)
-        model.encoder.remat = remat
+        setattr(model.encoder, option, on)
         model_def, params = ModelDef(model), ModelDef.params_of(model)
 
         def loss(p):
@@ -616,8 +618,9 @@ def test_lora_dropout_under_remat_gives_the_same_gradients(tiny):
 
         return jax.jit(jax.grad(loss))(params)
 
-    plain, remat = grads(False), grads(True)
+    plain, other = grads(False), grads(True)
     for name, g in plain.items():
-        np.testing.assert_allclose(remat[name], g, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(other[name], g, rtol=1e-5,  # float32 sums reordered
+                                   atol=max(1e-6, 1e-5 * float(np.abs(g).max())), err_msg=name)
     undropped = grads(True, adapter_dropout=False)
     assert max(float(np.abs(undropped[k] - plain[k]).max()) for k in plain) > 1e-3

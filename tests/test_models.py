@@ -1,5 +1,6 @@
 """Our Flax encoders against transformers' PyTorch on the same checkpoints (float32)."""
 
+import copy
 import logging
 
 import jax
@@ -345,6 +346,65 @@ def test_remat_recomputes_layers_with_equal_gradients(case, tmp_path):
     assert none == 0 and layers == len(model.encoder._schedule())
     for name, g in plain.items():
         np.testing.assert_allclose(remat[name], g, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+SCAN_CASES = {
+    **{case: CASES[case] for case in ("bert", "albert-groups-inner", "distilbert")},
+    "deberta": (T.DebertaV2ForSequenceClassification, _deberta(num_labels=2), False),
+    # Pre-norm, and layer 0 differs from the rest (no attention norm); a global layer every 3:
+    # depths 0 G*, 1 L, 2 L, 3 G, 4 L, 5 L -> runs [0] [1 2] [3] [4 5]: 2 scans, 2 single layers.
+    "modernbert": (T.ModernBertForSequenceClassification,
+                   _modernbert(num_labels=2, num_hidden_layers=6, global_attn_every_n_layers=3),
+                   False),
+}
+SCANS = {"bert": 1, "albert-groups-inner": 1, "distilbert": 1, "deberta": 1, "modernbert": 2}
+
+
+@pytest.mark.parametrize("case,remat", [
+    ("albert-groups-inner", False), ("modernbert", True),
+    *(pytest.param(case, remat, marks=pytest.mark.slow) for case in sorted(SCAN_CASES)
+      for remat in (False, True)
+      if (case, remat) not in (("albert-groups-inner", False), ("modernbert", True)))])
+def test_scanned_layers_give_the_loops_gradients(case, remat, tmp_path):
+    """model.scan_layers: each stretch of identically built layers runs as one lax.scan (ALBERT's
+    shared layers, DeBERTa's relative attention and ModernBERT's local/global mix included),
+    alone or under remat, and the gradients with dropout equal the unrolled loop's: each layer
+    draws the same dropout keys."""
+    from flax_sentiment.models.functional import ModelDef
+
+    cls, cfg, _ = SCAN_CASES[case]
+    cfg = copy.deepcopy(cfg)  # CASES' configs are shared with other tests
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.2  # masks that matter
+    if case == "modernbert":
+        cfg.mlp_dropout = cfg.attention_dropout = 0.2
+    _save(cls, cfg, tmp_path, randomise=True)
+    model = fs.load_pretrained(tmp_path)
+    model.encoder.remat = remat
+    ids, mask, _ = _inputs(cfg, length=16)
+
+    def grads(scan, key=3):
+        model.encoder.scan = scan
+        md, params = ModelDef(model), ModelDef.params_of(model)
+
+        def loss(p):
+            logits = md.merge(p)(ids, mask, deterministic=False, dropout_rng=jax.random.key(key))
+            return jnp.sum(logits ** 2)
+
+        def count(jaxpr):
+            return sum((e.primitive.name == "scan")
+                       + sum(count(j) for j in jax.extend.core.jaxprs_in_params(e.params))
+                       for e in jaxpr.eqns)
+
+        return jax.jit(jax.grad(loss))(params), count(jax.make_jaxpr(loss)(params).jaxpr)
+
+    loop, none = grads(False)
+    scanned, scans = grads(True)
+    assert none == 0 and scans == SCANS[case]
+    for name, g in loop.items():  # float32 sums in another order: ~1e-6 of each tensor's scale
+        np.testing.assert_allclose(scanned[name], g, rtol=1e-4,
+                                   atol=max(1e-6, 1e-5 * float(np.abs(g).max())), err_msg=name)
+    other, _ = grads(True, key=4)  # the dropout masks really reach the gradients
+    assert max(float(np.abs(other[k] - loop[k]).max()) for k in loop) > 1e-3
 
 
 def test_dropout_is_active_only_when_not_deterministic(tmp_path):

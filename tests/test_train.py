@@ -346,32 +346,40 @@ def test_bucket_padding_changes_nothing_but_cost(tiny):
         assert error <= 1e-5 * scale, (name, error / scale)
 
 
-def test_remat_run_trains_like_the_plain_run(tiny, tmp_path, monkeypatch):
-    """config model.remat reaches the model (its layers are traced under nnx.remat) and a run
-    with dropout ends where the plain run does: remat changes memory and compute, not results."""
+def test_remat_and_scan_runs_train_like_the_plain_run(tiny, tmp_path, monkeypatch):
+    """config model.remat and model.scan_layers reach the model (its layers are traced under
+    nnx.remat, or as a lax.scan) and a run with dropout ends where the plain run does: they change
+    memory, compute and compile time, not results."""
     from flax import nnx
 
+    from flax_sentiment.models import classifier
     from flax_sentiment.workdir import load_run
 
     wrapped = []
-    real_remat = nnx.remat
+    real_remat, real_scan = nnx.remat, classifier._scan
 
     def counting_remat(fn, *args, **kwargs):
-        wrapped.append(fn)
+        wrapped.append("remat")
         return real_remat(fn, *args, **kwargs)
 
+    def counting_scan(*args, **kwargs):
+        wrapped.append("scan")
+        return real_scan(*args, **kwargs)
+
     monkeypatch.setattr(nnx, "remat", counting_remat)
+    monkeypatch.setattr(classifier, "_scan", counting_scan)
     params, traced = {}, {}
-    for remat in (False, True):
+    for name in ("plain", "remat", "scan_layers"):
         wrapped.clear()
         config = tiny_config(tiny["model"], tiny["data"], **{
-            "model.remat": remat, "train.max_steps": 4, "eval.every_steps": 0,
-            "checkpoint.every_steps": 0})
-        train_and_evaluate(config, tmp_path / str(remat))
-        traced[remat] = len(wrapped)
-        params[remat] = ModelDef.params_of(load_run(tmp_path / str(remat)).model)
-    assert traced[False] == 0 and traced[True] > 0, traced
-    assert params[False].keys() == params[True].keys()
-    for name, value in params[False].items():
-        np.testing.assert_allclose(params[True][name], value, rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
+            "model.remat": name == "remat", "model.scan_layers": name == "scan_layers",
+            "train.max_steps": 4, "eval.every_steps": 0, "checkpoint.every_steps": 0})
+        train_and_evaluate(config, tmp_path / name)
+        traced[name] = set(wrapped)
+        params[name] = ModelDef.params_of(load_run(tmp_path / name).model)
+    assert traced == {"plain": set(), "remat": {"remat"}, "scan_layers": {"scan"}}, traced
+    for name in ("remat", "scan_layers"):
+        assert params[name].keys() == params["plain"].keys()
+        for key, value in params["plain"].items():
+            np.testing.assert_allclose(params[name][key], value, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name}: {key}")

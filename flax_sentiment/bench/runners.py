@@ -27,13 +27,14 @@ from flax_sentiment.steps import Steps
 _TRAINERS: dict[tuple, Any] = {}
 
 
-def make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool = False
-                 ) -> tuple[Steps, Any, Any]:
+def make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool = False,
+                 scan: bool = False) -> tuple[Steps, Any, Any]:
     """The production steps, as the loop builds them (cached: sections share compiled
-    shapes), the bundle, and the initial weights. `remat`: config model.remat."""
-    key = (str(folder), dtype, batch, remat)
+    shapes), the bundle, and the initial weights. `remat`, `scan`: config model.remat and
+    model.scan_layers."""
+    key = (str(folder), dtype, batch, remat, scan)
     if key not in _TRAINERS:
-        _TRAINERS[key] = _make_trainer(folder, dtype, batch, steps, remat)
+        _TRAINERS[key] = _make_trainer(folder, dtype, batch, steps, remat, scan)
     return _TRAINERS[key]
 
 
@@ -42,7 +43,7 @@ def forget_trainers() -> None:
     _TRAINERS.clear()
 
 
-def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool
+def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool, scan: bool
                   ) -> tuple[Steps, Any, Any]:
     config = base_config()
     config.model.name_or_path = str(folder)
@@ -52,6 +53,7 @@ def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool
     config.train.learning_rate = 1e-5  # small: many steps on random batches stay finite
     bundle = load_pretrained_bundle(str(folder), num_labels=2, dtype=dtype, seed=0)
     bundle.model.encoder.remat = remat
+    bundle.model.encoder.scan = scan
     trainer = Steps(ModelDef(bundle.model), 2, parallel.make_mesh(), train=config.train,
                     total_steps=config.train.max_steps)
     # A host copy of the initial weights: each section starts a fresh state from it.
@@ -71,9 +73,9 @@ class Ours:
     """Train steps of `flax_sentiment.steps.Steps` on one fixed batch (placed once)."""
 
     def __init__(self, folder: Path, dtype: str, batch: dict[str, np.ndarray], steps: int,
-                 remat: bool = False):
+                 remat: bool = False, scan: bool = False):
         self.trainer, self.bundle, params = make_trainer(folder, dtype, len(batch["labels"]),
-                                                         steps, remat)
+                                                         steps, remat, scan)
         self.batch = batching.shard_batch(batch, self.trainer.data_sharding)
         self.state = self.trainer.init_state(params)
         t0 = time.perf_counter()

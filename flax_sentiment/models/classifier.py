@@ -45,6 +45,12 @@ class Encoder(nnx.Module):
         # (a second forward). For long sequences and large batches on accelerators; set by
         # config model.remat. A static attribute: changing it changes the compiled program only.
         self.remat = False
+        # Apply each run of identically built layers as one `lax.scan` over their parameters,
+        # stacked inside the step (the stored layout, checkpoints and weight names stay per
+        # layer): XLA compiles one layer instead of all, so compile time stops growing with
+        # depth. The stacking copies the layers' weights once per step (and their gradients
+        # back), which is why it is a choice: config model.scan_layers. Static, like remat.
+        self.scan = False
 
     def _schedule(self) -> list[TransformerLayer]:
         """The layers applied in order, with ALBERT's sharing expanded (same modules reused)."""
@@ -86,15 +92,66 @@ class Encoder(nnx.Module):
             finally:
                 ADAPTER_RNGS.reset(token)
 
-        if self.remat:
-            apply = nnx.remat(apply)
         adapter_rngs = ADAPTER_RNGS.get()
-        for layer in layers:
-            x = apply(layer, x, local_bias if layer.local else bias, rel, positions, rngs,
-                      adapter_rngs)
+        if self.scan:
+            for run in _runs(layers):
+                layer_bias = local_bias if run[0].local else bias
+                if len(run) == 1:
+                    x = (nnx.remat(apply) if self.remat else apply)(
+                        run[0], x, layer_bias, rel, positions, rngs, adapter_rngs)
+                else:
+                    x = _scan(apply, run, x, (layer_bias, rel, positions), rngs,
+                              adapter_rngs, remat=self.remat)
+        else:
+            if self.remat:
+                apply = nnx.remat(apply)
+            for layer in layers:
+                x = apply(layer, x, local_bias if layer.local else bias, rel, positions, rngs,
+                          adapter_rngs)
         if self.final_norm is not None:
             x = self.final_norm(x).astype(self.dtype)
         return x
+
+
+def _runs(layers: list[TransformerLayer]) -> list[list[TransformerLayer]]:
+    """Consecutive layers split into maximal runs of one graph structure (the same modules and
+    static attributes: local vs global attention, a pre-norm stack's first layer differ)."""
+    runs: list[tuple[nnx.GraphDef, list[TransformerLayer]]] = []
+    for layer in layers:
+        graph = nnx.graphdef(layer)
+        if runs and runs[-1][0] == graph:
+            runs[-1][1].append(layer)
+        else:
+            runs.append((graph, [layer]))
+    return [run for _, run in runs]
+
+
+def _scan(apply, run: list[TransformerLayer], x: jax.Array, args: tuple,
+          rngs: nnx.Rngs | None, adapter_rngs: nnx.Rngs | None, *, remat: bool) -> jax.Array:
+    """`apply` each layer of `run` in turn, as one `lax.scan` over the layers' stacked state.
+    The dropout streams (`rngs`, LoRA's `adapter_rngs`) travel in the carry, so every layer
+    draws the keys the unrolled loop would (the same masks: equal results), and the streams
+    leave with their counters advanced as after the loop. `remat`: the scanned body is a
+    checkpoint (one layer's activations kept per step of the scan, as `nnx.remat` does)."""
+    graph = nnx.graphdef(run[0])
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.state(m) for m in run))
+    streams = tuple(None if r is None else nnx.split(r) for r in (rngs, adapter_rngs))
+
+    def body(carry, state):
+        x, rng_states = carry
+        live = [None if s is None else nnx.merge(s[0], r)
+                for s, r in zip(streams, rng_states, strict=True)]
+        x = apply(nnx.merge(graph, state), x, *args, *live)
+        return (x, tuple(None if r is None else nnx.state(r) for r in live)), None
+
+    if remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    start = tuple(None if s is None else s[1] for s in streams)
+    (x, ends), _ = jax.lax.scan(body, (x, start), stacked)
+    for r, end in zip((rngs, adapter_rngs), ends, strict=True):
+        if r is not None:
+            nnx.update(r, end)
+    return x
 
 
 class SequenceClassifier(nnx.Module):
