@@ -19,7 +19,7 @@ PYTEST = $(PY) -m pytest -q $(1) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test:
-	@$(call PYTEST,-m "not slow")
+	@$(call PYTEST,-m "not slow" --durations=20)
 
 test-all:
 	@$(call PYTEST,)

@@ -42,6 +42,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     # several examples (a batch is still train.batch_size examples); >= max_length. 0 = off:
     # padded batches in length buckets.
     c.pack_length = 0
+    # Packed steps' row counts rounded up to a multiple of this (with the devices x
+    # grad_accum_steps multiple): fewer distinct shapes to compile, for empty rows computed.
+    # 1 = exact. On GPUs, where a step of SST-2's size leaves the chip idle and each shape takes
+    # ~11 s to compile, a multiple that gives one or two shapes trades nothing for compile
+    # time; on CPUs every empty row costs its compute (docs/BENCHMARKS.md).
+    c.pack_row_multiple = 1
     c.encoding = "utf-8"
     c.seed = 0
     c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)
@@ -262,6 +268,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(len(config.data.label_names) >= 2, "data.label_names", list(config.data.label_names),
          "needs at least two labels")
     pack = option(config.data, "pack_length", 0)
+    multiple = option(config.data, "pack_row_multiple", 1)
+    need(isinstance(multiple, int) and not isinstance(multiple, bool) and multiple >= 1,
+         "data.pack_row_multiple", multiple, "must be an integer >= 1")
     need(pack == 0 or pack >= config.data.max_length, "data.pack_length", pack,
          f"must be 0 (off) or at least data.max_length={config.data.max_length}")
     need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")

@@ -360,8 +360,9 @@ def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.shar
     if pack:
         train_iter = packing.PackedTrainIterator(
             splits.train, t.batch_size, pack, seed=t.seed, pad_id=splits.pad_id,
-            row_multiple=mesh.devices.size * t.grad_accum_steps, process_index=pid,
-            process_count=n_proc)
+            row_multiple=math.lcm(mesh.devices.size * t.grad_accum_steps,
+                                  int(option(config.data, "pack_row_multiple", 1))),
+            process_index=pid, process_count=n_proc)
         log.info("packing: %s", packing.describe(train_iter))
     else:
         train_iter = batching.TrainIterator(splits.train, t.batch_size, splits.buckets,

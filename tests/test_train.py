@@ -257,11 +257,41 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     ("train.learning_rate", 0.0, "train.learning_rate=0.0: must be > 0"),
     ("train.grad_accum_steps", 5, "must be >= 1 and divide train.batch_size=16"),
     ("model.dtype", "float64", "model.dtype='float64'"),
+    ("data.pack_row_multiple", 0, "data.pack_row_multiple=0: must be an integer >= 1"),
 ])
 def test_bad_config_values(tiny, tmp_path, key, value, message):
     config = tiny_config(tiny["model"], tiny["data"], **{key: value})
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train_and_evaluate(config, tmp_path / "run")
+
+
+def test_pack_row_multiple_rounds_every_packed_step_up(tiny, tmp_path, monkeypatch):
+    """data.pack_row_multiple: every packed step's row count is a multiple of it and of the
+    grad_accum_steps multiple (their lcm), so fewer shapes compile; steps still hold
+    train.batch_size examples each."""
+    from flax_sentiment import packing
+
+    made = []
+
+    class Recorded(packing.PackedTrainIterator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(packing, "PackedTrainIterator", Recorded)
+    counts = {}
+    for multiple in (1, 3):
+        config = tiny_config(tiny["model"], tiny["data"], **{
+            "data.pack_length": 64, "data.pack_row_multiple": multiple,
+            "train.grad_accum_steps": 2, "train.max_steps": 2, "eval.every_steps": 0,
+            "checkpoint.every_steps": 0})
+        train_and_evaluate(config, tmp_path / str(multiple))
+        it = made[-1]
+        counts[multiple] = it.row_counts()
+        examples = [int((np.asarray(next(it)["index"]) >= 0).sum()) for _ in range(3)]
+        assert examples == [16, 16, 16]
+    assert all(c % 2 == 0 for c in counts[1]) and all(c % 6 == 0 for c in counts[3]), counts
+    assert len(counts[3]) <= len(counts[1]) and max(counts[3]) >= max(counts[1])
 
 
 def test_missing_workdir_parents_are_made(tiny, tmp_path):
