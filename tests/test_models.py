@@ -315,7 +315,8 @@ def test_low_precision_linear_accumulates_in_float32_forward_and_backward(dtype,
                                   jax.lax.dot_general(x32, w.astype(f32), dims))
 
 
-@pytest.mark.parametrize("case", ["bert", "albert-groups-inner"])
+@pytest.mark.parametrize("case", [pytest.param("bert", marks=pytest.mark.slow),
+                                  "albert-groups-inner"])
 def test_remat_recomputes_layers_with_equal_gradients(case, tmp_path):
     """model.remat: every layer runs under a checkpoint (ALBERT's shared layers too), and the
     gradients, dropout included, equal those of the plain model."""

@@ -80,6 +80,7 @@ def test_one_process_checkpoint_resumes_in_two_processes(run_setup, reference_ru
     assert_same_run(reference_run, workdir, atol=1e-5)
 
 
+@pytest.mark.slow  # the default suite keeps the cross-process stop (sigterm_on_one_process)
 def test_a_dead_process_makes_the_other_fail_fast(run_setup, tmp_path):
     workdir = tmp_path / "run"
     heartbeat = 10

@@ -185,6 +185,7 @@ def test_seeds_report_mean_std_and_the_ensemble(tiny, tmp_path):
     assert json.loads((tmp_path / "seeds" / "seeds.json").read_text())["seeds"] == 3
 
 
+@pytest.mark.slow  # two workers sharing a study stay in the default suite (two_workers_share)
 def test_two_processes_run_one_sweep(tiny, tmp_path):
     """A multi-host slice: process 0 talks to Optuna and broadcasts each trial's parameters
     (and pruning decisions); both processes train every trial together."""
