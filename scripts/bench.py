@@ -36,6 +36,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# On a GPU, JAX would take 75% of its memory at the first jax.devices() of this parent process,
+# leaving the trainer sections' child processes the rest (they inherit this too).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:

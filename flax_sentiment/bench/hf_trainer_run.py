@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device cuda: this torch ({torch.__version__}) sees no CUDA device, and the "
+                 "Trainer would quietly train on the CPU while ours runs on the GPU")
     import datasets
     import transformers as T
 

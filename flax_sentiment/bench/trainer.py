@@ -59,6 +59,7 @@ from flax_sentiment.bench.common import (
     resolve_model,
     sst2_subset,
 )
+from flax_sentiment.errors import UserError
 
 TRAINER = "Trainer"  # the variant name of the Hugging Face side
 EQUAL_POINTS = 0.5  # "equal accuracy": mean validation accuracies this close, in points
@@ -494,6 +495,9 @@ def run(ctx: Context) -> dict[str, Any]:
     if plan is None:
         return {}
     float32 = getattr(args, "trainer_float32", True)
+    if not float32 and not args.trainer_bf16:
+        raise UserError("--notrainer_float32 with --notrainer_bf16: the trainer section would "
+                        "run nothing")
     print_header(plan, ", ".join(
         ([f"float32 seeds {' '.join(map(str, args.trainer_seeds))}"] if float32 else [])
         + ([f"bfloat16 seed {args.trainer_seeds[0]}"] if args.trainer_bf16 else [])))

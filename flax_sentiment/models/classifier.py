@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.layers import (
@@ -126,18 +127,30 @@ def _runs(layers: list[TransformerLayer]) -> list[list[TransformerLayer]]:
     return [run for _, run in runs]
 
 
+_PICKED = "scan_picked_layer"
+
+
 def _scan(apply, run: list[TransformerLayer], x: jax.Array, args: tuple,
           rngs: nnx.Rngs | None, adapter_rngs: nnx.Rngs | None, *, remat: bool) -> jax.Array:
     """`apply` each layer of `run` in turn, as one `lax.scan` over the layers' stacked state.
     The dropout streams (`rngs`, LoRA's `adapter_rngs`) travel in the carry, so every layer
     draws the keys the unrolled loop would (the same masks: equal results), and the streams
     leave with their counters advanced as after the loop. `remat`: the scanned body is a
-    checkpoint (one layer's activations kept per step of the scan, as `nnx.remat` does)."""
+    checkpoint (one layer's activations kept per step of the scan, as `nnx.remat` does).
+
+    A module that recurs in the run (ALBERT's shared layers) is stacked once and picked by
+    index at each step, so its weights and their gradient are not copied per pass."""
     graph = nnx.graphdef(run[0])
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.state(m) for m in run))
+    unique = list({id(m): m for m in run}.values())
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.state(m) for m in unique))
+    if len(unique) < len(run):
+        where = {id(m): i for i, m in enumerate(unique)}
+        shared, stacked = stacked, jnp.asarray([where[id(m)] for m in run], jnp.int32)
     streams = tuple(None if r is None else nnx.split(r) for r in (rngs, adapter_rngs))
 
     def body(carry, state):
+        if len(unique) < len(run):  # `state` is the index of this pass's module
+            state = jax.tree.map(lambda leaf: checkpoint_name(leaf[state], _PICKED), shared)
         x, rng_states = carry
         live = [None if s is None else nnx.merge(s[0], r)
                 for s, r in zip(streams, rng_states, strict=True)]
@@ -146,6 +159,10 @@ def _scan(apply, run: list[TransformerLayer], x: jax.Array, args: tuple,
 
     if remat:
         body = jax.checkpoint(body, prevent_cse=False)
+    elif len(unique) < len(run):  # the picked weights are sliced again, not saved per pass
+        body = jax.checkpoint(body, prevent_cse=False,
+                              policy=jax.checkpoint_policies.save_anything_except_these_names(
+                                  _PICKED))
     start = tuple(None if s is None else s[1] for s in streams)
     (x, ends), _ = jax.lax.scan(body, (x, start), stacked)
     for r, end in zip((rngs, adapter_rngs), ends, strict=True):
