@@ -491,13 +491,13 @@ def run(ctx: Context) -> dict[str, Any]:
     and bfloat16 for the first seed, at --trainer_steps (--notrainer_float32: bfloat16 only,
     e.g. on a GPU, where float32 matmuls differ by default: TF32 in XLA, not in torch)."""
     args = ctx.args
-    plan = make_plan(ctx, f"trainer{args.trainer_steps}", args.trainer_steps)
-    if plan is None:
-        return {}
     float32 = getattr(args, "trainer_float32", True)
     if not float32 and not args.trainer_bf16:
         raise UserError("--notrainer_float32 with --notrainer_bf16: the trainer section would "
                         "run nothing")
+    plan = make_plan(ctx, f"trainer{args.trainer_steps}", args.trainer_steps)
+    if plan is None:
+        return {}
     print_header(plan, ", ".join(
         ([f"float32 seeds {' '.join(map(str, args.trainer_seeds))}"] if float32 else [])
         + ([f"bfloat16 seed {args.trainer_seeds[0]}"] if args.trainer_bf16 else [])))

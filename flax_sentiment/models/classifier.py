@@ -94,21 +94,14 @@ class Encoder(nnx.Module):
                 ADAPTER_RNGS.reset(token)
 
         adapter_rngs = ADAPTER_RNGS.get()
-        if self.scan:
-            for run in _runs(layers):
-                layer_bias = local_bias if run[0].local else bias
-                if len(run) == 1:
-                    x = (nnx.remat(apply) if self.remat else apply)(
-                        run[0], x, layer_bias, rel, positions, rngs, adapter_rngs)
-                else:
-                    x = _scan(apply, run, x, (layer_bias, rel, positions), rngs,
-                              adapter_rngs, remat=self.remat)
-        else:
-            if self.remat:
-                apply = nnx.remat(apply)
-            for layer in layers:
-                x = apply(layer, x, local_bias if layer.local else bias, rel, positions, rngs,
-                          adapter_rngs)
+        single = nnx.remat(apply) if self.remat else apply
+        for run in _runs(layers) if self.scan else [[layer] for layer in layers]:
+            layer_bias = local_bias if run[0].local else bias
+            if len(run) == 1:
+                x = single(run[0], x, layer_bias, rel, positions, rngs, adapter_rngs)
+            else:
+                x = _scan(apply, run, x, (layer_bias, rel, positions), rngs, adapter_rngs,
+                          remat=self.remat)
         if self.final_norm is not None:
             x = self.final_norm(x).astype(self.dtype)
         return x
@@ -142,14 +135,15 @@ def _scan(apply, run: list[TransformerLayer], x: jax.Array, args: tuple,
     index at each step, so its weights and their gradient are not copied per pass."""
     graph = nnx.graphdef(run[0])
     unique = list({id(m): m for m in run}.values())
+    picked = len(unique) < len(run)  # scan over indices into the unique modules' stack
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.state(m) for m in unique))
-    if len(unique) < len(run):
+    if picked:
         where = {id(m): i for i, m in enumerate(unique)}
         shared, stacked = stacked, jnp.asarray([where[id(m)] for m in run], jnp.int32)
     streams = tuple(None if r is None else nnx.split(r) for r in (rngs, adapter_rngs))
 
     def body(carry, state):
-        if len(unique) < len(run):  # `state` is the index of this pass's module
+        if picked:  # `state` is the index of this pass's module
             state = jax.tree.map(lambda leaf: checkpoint_name(leaf[state], _PICKED), shared)
         x, rng_states = carry
         live = [None if s is None else nnx.merge(s[0], r)
@@ -159,7 +153,7 @@ def _scan(apply, run: list[TransformerLayer], x: jax.Array, args: tuple,
 
     if remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    elif len(unique) < len(run):  # the picked weights are sliced again, not saved per pass
+    elif picked:  # the picked weights are sliced again, not saved per pass
         body = jax.checkpoint(body, prevent_cse=False,
                               policy=jax.checkpoint_policies.save_anything_except_these_names(
                                   _PICKED))
