@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flax_sentiment import remote_code
 from flax_sentiment.config import option
 from flax_sentiment.sources import PIP_PREFIX
 from flax_sentiment.workdir import Run, Workdir
@@ -251,14 +252,24 @@ def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
                  else f"`{run.config.data.name_or_path}`")
     labels = list(run.label_names)
     weights = getattr(run, "weights", "raw")
+    pooling = run.model.config.head_pooling
+    custom = remote_code.remote_class(run.arch, pooling)
+    remote = ", trust_remote_code=True" if custom else ""
     lines = [f"# {model_name}", "",
-             f"A {run.arch.hf_class} fine-tuned from {base_text} for sentiment classification "
+             f"A {custom or run.arch.hf_class} fine-tuned from {base_text} for sentiment "
+             "classification "
              f"on {data_text} with flax-sentiment (JAX / Flax NNX), exported at training "
              f"step {run.step}" + (" (moving average of the weights)" if weights == "ema" else "")
              + f". Weights are stored as {dtype}; PyTorch's logits were checked against the "
              "JAX model's before export." + (" `model.onnx` (float32) was checked against "
                                             "PyTorch with onnxruntime." if onnx else ""),
-             "", "## Evaluation", ""]
+             ""]
+    if custom:
+        lines += [f"Its head reads the mean of the encoder's output over the real tokens "
+                  f"(transformers' {run.arch.hf_class} reads the first token), so the folder "
+                  f"carries that class in `{remote_code.FILE}`: load it with "
+                  "`trust_remote_code=True`.", ""]
+    lines += ["## Evaluation", ""]
     if results:
         lines.append(f"The checkpoint of step {run.step}, the one exported"
                      + (f" (in float32: the {dtype} weights' logits are within the export's "
@@ -275,12 +286,14 @@ def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
     lines += _hyperparameters(run)
     lines += ["", "## How to use", "", "```python", "from transformers import pipeline", "",
               f'model_id = "{model_name}"  # this folder, or its hub id once uploaded',
-              'classifier = pipeline("text-classification", model=model_id, top_k=None)',
+              'classifier = pipeline("text-classification", model=model_id, top_k=None'
+              f'{remote})',
               'classifier(["A gorgeous, witty, seductive movie.", "Terrible."])', "```", "",
               "```python", "import torch",
               "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
               "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-              "model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()",
+              f"model = AutoModelForSequenceClassification.from_pretrained(model_id{remote})"
+              ".eval()",
               'inputs = tokenizer(["A gorgeous, witty, seductive movie."], padding=True, '
               'truncation=True, return_tensors="pt")',
               "with torch.no_grad():",

@@ -89,6 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Re-initialise the top k encoder layers and the head with the architecture's own
     # initialisation (Zhang et al., ICLR 2021: helps small-data fine-tuning). 0 = off.
     c.model.reinit_layers = 0
+    # How the head reads the encoder's output: "auto" = the checkpoint's own (first token, or
+    # ModernBERT's classifier_pooling), "cls" = the first token, "mean" = the mean over the
+    # real tokens. Models trained for sentence embeddings by mean pooling (sentence-transformers'
+    # all-MiniLM-L6-v2) fine-tune better with "mean" (docs/RESULTS.md). Exports of a pooling
+    # that the architecture's transformers class lacks carry their own modeling code
+    # (loaded with trust_remote_code=True; README, "Export").
+    c.model.pooling = "auto"
     # Seed of every freshly initialised parameter (the head, re-initialised layers); apart from
     # train.seed (data order, dropout), so runs of several seeds start from one model and their
     # checkpoints can be averaged (scripts/average.py).
@@ -305,6 +312,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          e.get("weights"), "must be auto, raw or ema")
     need(option(e, "weights", "auto") != "ema" or option(t, "ema_decay", 0.0) > 0,
          "eval.weights", "ema", "needs train.ema_decay > 0 (the run keeps no average)")
+    need(option(config.model, "pooling", "auto") in ("auto", "cls", "mean"), "model.pooling",
+         config.model.get("pooling"), "must be auto (the checkpoint's own), cls or mean")
     need(option(config.model, "reinit_layers", 0) >= 0, "model.reinit_layers",
          config.model.get("reinit_layers"), "must be >= 0")
     lora = option(config.model, "lora", None)

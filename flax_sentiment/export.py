@@ -10,6 +10,7 @@ A failed export leaves `output` exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from flax_sentiment import remote_code
 from flax_sentiment.batching import DEFAULT_BUCKETS, EvalBatches, make_buckets
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.architectures import Architecture
@@ -70,18 +72,25 @@ def effective_tolerance(tolerance: float, dtype: str, logits: np.ndarray) -> flo
 
 
 def build_hf_config(hf_config: dict[str, Any], arch: Architecture, label_names: Sequence[str],
-                    dtype: str = "float32") -> Any:
-    """A transformers config for `arch.hf_class`: the source's settings, our labels and head."""
+                    dtype: str = "float32", pooling: str | None = None) -> Any:
+    """A transformers config for `arch.hf_class`: the source's settings, our labels and head
+    (a `pooling` transformers' class lacks names our modeling code: `remote_code`; None: the
+    source's own)."""
     from transformers import AutoConfig
 
-    kw = {k: v for k, v in hf_config.items() if k not in _STALE_KEYS and k != "model_type"}
+    if pooling is None:
+        pooling = hf_config.get("classifier_pooling", "cls")
+    kw = {k: v for k, v in hf_config.items()
+          if k not in _STALE_KEYS + ("auto_map", "classifier_pooling") and k != "model_type"}
+    kw.update(remote_code.config_changes(arch, pooling))
+    kw.setdefault("architectures", [arch.hf_class])
     labels = [str(n) for n in label_names]
     if len(set(labels)) != len(labels):
         raise UserError(f"label names must be unique, got {labels}")
     try:
         config = AutoConfig.for_model(
-            arch.model_type, **kw,
-            architectures=[arch.hf_class],
+            arch.model_type,
+            **kw,
             id2label=dict(enumerate(labels)),
             label2id={n: i for i, n in enumerate(labels)},
             problem_type="single_label_classification",
@@ -138,11 +147,16 @@ def load_torch_model(folder: Path) -> Any:
     """The exported folder as transformers loads it (float32); any key problem is an error."""
     from transformers import AutoModelForSequenceClassification
 
+    config = json.loads((Path(folder) / "config.json").read_text())
+    if config.get("auto_map") and not remote_code.is_ours(folder, config):
+        raise ParityError(f"{folder}: its config.json maps to modeling code that is not "
+                          f"flax-sentiment's {remote_code.FILE}; it is not run here")
     with _transformers_log() as messages:
         import torch
 
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), dtype=torch.float32, output_loading_info=True)
+            str(folder), dtype=torch.float32, output_loading_info=True,
+            trust_remote_code=bool(config.get("auto_map")))
     problems = {k: sorted(v) for k, v in info.items() if v}
     reported = [m for m in messages
                 if any(w in m.lower() for w in ("missing", "unexpected", "newly initialized",
@@ -157,8 +171,6 @@ def load_torch_model(folder: Path) -> Any:
 
 
 def _architectures(folder: Path) -> list[str]:
-    import json
-
     return json.loads((Path(folder) / "config.json").read_text())["architectures"]
 
 
@@ -294,7 +306,8 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
         raise UserError(f"{len(label_names)} label names {label_names} for a model with "
                         f"{num_labels} outputs")
     check_output(output, overwrite)
-    config = build_hf_config(hf_config, arch, label_names, dtype)
+    pooling = model.config.head_pooling
+    config = build_hf_config(hf_config, arch, label_names, dtype, pooling)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -303,6 +316,8 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
         config.save_pretrained(str(tmp))
+        if remote_code.remote_class(arch, pooling) is not None:
+            remote_code.write(tmp)
         _save_weights(export_state_dict(model, arch), tmp / "model.safetensors", dtype)
         tokenizer.save_pretrained(str(tmp))
         # The saved tokenizer (what users get) must encode exactly as the one we trained with.
@@ -339,12 +354,12 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
     size = (output / "model.safetensors").stat().st_size
     report = {"path": str(output), "dtype": dtype, "num_labels": num_labels,
               "label_names": label_names, "model_type": arch.model_type,
-              "hf_class": arch.hf_class, "max_abs_diff": diff, "tolerance": limit,
+              "hf_class": config.architectures[0], "max_abs_diff": diff, "tolerance": limit,
               "num_parity_texts": len(texts), "weights_bytes": size, "files": files}
     if onnx_report is not None:
         report["onnx"] = onnx_report
     log.info("exported %s (%s, %d labels) to %s; PyTorch logits within %.2g of ours",
-             arch.hf_class, dtype, num_labels, output, diff)
+             config.architectures[0], dtype, num_labels, output, diff)
     return report
 
 

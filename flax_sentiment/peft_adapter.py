@@ -168,6 +168,20 @@ def _replace(tmp: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_pooling(pooling: str, base: str) -> None:
+    """PEFT loads the adapter onto the base's own transformers class, which pools as the base's
+    config says: a run that pooled otherwise (config model.pooling) exports merged only."""
+    from flax_sentiment import sources
+    from flax_sentiment.pretrained import read_hf_config
+
+    own = read_hf_config(sources.resolve(base)).get("classifier_pooling", "cls")
+    if pooling != own:
+        raise UserError(f"--adapter: this run's head pools by {pooling!r} (config "
+                        f"model.pooling), but {base!r} loads into a transformers class that "
+                        f"pools by {own!r}, so the adapter would give other logits; export the "
+                        "merged model (without --adapter)")
+
+
 def export_run_adapter(run: Any, output: str | Path, **options: Any) -> dict[str, Any]:
     """`export_adapter` for a `workdir.Run` (scripts/export.py --adapter)."""
     return export_adapter(run.model, run.adapters, run.arch, run.tokenizer, run.label_names,
@@ -188,6 +202,7 @@ def export_adapter(model: Any, adapters: Adapters | None, arch: Architecture, to
     if dtype != "float32" or onnx:
         raise UserError("--adapter writes float32 adapter weights and no ONNX file (--dtype and "
                         "--onnx are for the merged export, without --adapter)")
+    _check_pooling(model.config.head_pooling, adapters.base)
     require_peft()
     output = Path(output).expanduser().absolute()
     check_output(output, overwrite)

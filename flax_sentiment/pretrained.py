@@ -72,8 +72,10 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
 
 
 def load_pretrained_bundle(name_or_path: str | Path, num_labels: int | None = None,
-                           dtype: Any = jnp.float32, *, seed: int = 0) -> Pretrained:
-    """Like `load_pretrained`, but also returns the tokenizer, configs and label names."""
+                           dtype: Any = jnp.float32, *, seed: int = 0,
+                           pooling: str = "auto") -> Pretrained:
+    """Like `load_pretrained`, but also returns the tokenizer, configs and label names.
+    `pooling` ("auto" | "cls" | "mean") overrides the head's pooling (config model.pooling)."""
     folder = sources.resolve(str(name_or_path))
     if not folder.is_dir():
         raise UserError(f"{name_or_path!r}: expected a model folder, got a file ({folder})")
@@ -89,6 +91,14 @@ def load_pretrained_bundle(name_or_path: str | Path, num_labels: int | None = No
     if num_labels < 2:
         raise UserError(f"num_labels must be >= 2, got {num_labels}")
     cfg = arch.encoder_config(hf).replace(num_labels=num_labels)
+    # A mean-pooled export of ours says so in its config.json (remote_code), for any type.
+    own = hf.get("classifier_pooling", cfg.head_pooling)
+    if own not in ("cls", "mean"):
+        raise UserError(f"{folder / 'config.json'}: classifier_pooling {own!r} is not supported "
+                        "(use 'cls' or 'mean')")
+    if pooling not in ("auto", "cls", "mean"):
+        raise UserError(f"pooling {pooling!r}: must be auto (the checkpoint's own), cls or mean")
+    cfg = cfg.replace(head_pooling=own if pooling == "auto" else pooling)
     model = SequenceClassifier(cfg, dtype=as_dtype(dtype), rngs=nnx.Rngs(seed))
     fresh = import_weights(model, arch, state_dict, source=str(folder))
     if fresh:

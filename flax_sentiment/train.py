@@ -51,10 +51,10 @@ RESUME_KEYS = ("model.name_or_path", "data.name_or_path", "data.subset", "data.l
                "data.label_map", "data.text_column", "data.label_column", "data.max_length",
                "data.buckets", "data.pack_length", "train.batch_size", "train.seed",
                "model.reinit_layers", "train.ema_decay", "train.teacher", "model.lora",
-               "data.pack_row_multiple")
+               "data.pack_row_multiple", "model.pooling")
 # What keys added since are taken to be in checkpoints that predate them.
 RESUME_DEFAULTS = {"model.reinit_layers": 0, "data.pack_length": 0, "train.ema_decay": 0.0,
-                   "data.pack_row_multiple": 1,
+                   "data.pack_row_multiple": 1, "model.pooling": "auto",
                    "train.teacher": [],
                    "model.lora": {"rank": None, "alpha": 16.0, "targets": "query_value",
                                   "dropout": 0.0}}
@@ -246,7 +246,8 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     label_names = list(config.data.label_names)
     head_seed = option(config.model, "head_seed", t.seed)
     bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
-                                    dtype=config.model.dtype, seed=head_seed)
+                                    dtype=config.model.dtype, seed=head_seed,
+                                    pooling=option(config.model, "pooling", "auto"))
     check_max_length(config, bundle.config)
     bundle.model.encoder.remat = option(config.model, "remat", False)
     bundle.model.encoder.scan = option(config.model, "scan_layers", False)

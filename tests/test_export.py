@@ -13,6 +13,7 @@ from flax import nnx
 import flax_sentiment as fs
 from flax_sentiment import export as export_mod
 from flax_sentiment.export import ParityError, export_hf, parity_check
+from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.weights import iter_params
 from flax_sentiment.predict import Classifier
 from tests.conftest import MINILM
@@ -130,6 +131,75 @@ def test_export_matches_transformers_and_pipeline(arch, tmp_path, tokenizer):
         assert set(have["probabilities"]) == set(labels)
         for name, p in want.items():
             assert abs(have["probabilities"][name] - p) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_mean_pooled_export_matches_transformers(arch, tmp_path, tokenizer):
+    """model.pooling='mean' on every architecture: transformers' own layers (our modeling file
+    beside them where its class reads the first token) reproduce our logits."""
+    cls, make = TINY[arch]
+    torch.manual_seed(0)
+    cls(make()).save_pretrained(tmp_path / "src")
+    bundle = fs.load_pretrained_bundle(tmp_path / "src", pooling="mean")
+    assert bundle.config.head_pooling == "mean"
+    _perturb(bundle.model)
+    labels = LABELS[bundle.config.num_labels]
+    out = tmp_path / "out"
+    report = export_hf(bundle.model, bundle.arch, bundle.hf_config, tokenizer, labels, out)
+    assert report["max_abs_diff"] <= 1e-4
+    config = json.loads((out / "config.json").read_text())
+    assert config["classifier_pooling"] == "mean"
+    native = arch == "modernbert"
+    assert config["architectures"] == [("" if native else "MeanPooled") + bundle.arch.hf_class]
+    assert (out / "modeling_mean_pooling.py").is_file() != native
+    assert ("auto_map" in config) != native
+
+    model = T.AutoModelForSequenceClassification.from_pretrained(
+        str(out), trust_remote_code=True).eval()
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    if arch in ("distilbert", "roberta", "xlm-roberta", "modernbert"):
+        enc.pop("token_type_ids")
+    with torch.no_grad():
+        theirs = model(**enc).logits.numpy()
+    args = (enc["input_ids"].numpy(), enc["attention_mask"].numpy(),
+            None if "token_type_ids" not in enc else enc["token_type_ids"].numpy())
+    assert np.abs(np.asarray(bundle.model(*args)) - theirs).max() <= 1e-4
+    # The first token's reading of the same weights is another model: the check can fail.
+    first = SequenceClassifier(bundle.config.replace(head_pooling="cls"), rngs=nnx.Rngs(0))
+    nnx.update(first, nnx.state(bundle.model, nnx.Param))
+    assert np.abs(np.asarray(first(*args)) - theirs).max() > 1e-2
+    # Our loader reads the export back as mean-pooled (its config.json says so).
+    again = fs.load_pretrained_bundle(out)
+    assert again.config.head_pooling == "mean"
+    assert np.abs(np.asarray(again.model(*args)) - theirs).max() <= 1e-4
+
+
+def test_mean_pooling_is_the_masked_mean(tokenizer, tmp_path):
+    """BERT's head over numpy's mean of the encoder output over the real tokens."""
+    cls, make = TINY["bert"]
+    torch.manual_seed(0)
+    cls(make()).save_pretrained(tmp_path)
+    bundle = fs.load_pretrained_bundle(tmp_path, pooling="mean")
+    _perturb(bundle.model)
+    enc = tokenizer(TEXTS, padding=True, return_tensors="np")
+    ids, mask, types = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    hidden = np.asarray(bundle.model.encoder(ids, mask, types, deterministic=True, rngs=None))
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    head = {k: np.asarray(v[...]) for k, v in iter_params(bundle.model) if k.startswith("head.")}
+    x = np.tanh(pooled @ head["head.dense.kernel"] + head["head.dense.bias"])
+    want = x @ head["head.out.kernel"] + head["head.out.bias"]
+    np.testing.assert_allclose(np.asarray(bundle.model(ids, mask, types)), want, atol=1e-5)
+
+
+def test_unknown_modeling_code_is_not_run(tiny_bert, tokenizer, tmp_path):
+    out = tmp_path / "out"
+    export_hf(tiny_bert.model, tiny_bert.arch, tiny_bert.hf_config, tokenizer,
+              LABELS[tiny_bert.model.config.num_labels], out)
+    config = json.loads((out / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.Model"}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ParityError, match="not flax-sentiment's modeling_mean_pooling.py"):
+        export_mod.load_torch_model(out)
 
 
 @pytest.fixture(scope="module")

@@ -559,6 +559,27 @@ def test_adapter_export_of_a_full_fine_tuning_run_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_adapter_export_of_a_mean_pooled_run_is_refused(tiny, tmp_path):
+    """PEFT puts the adapter on the base's own (first-token) class: a mean-pooled run's adapter
+    would give other logits, so only its merged export is offered."""
+    from flax_sentiment.peft_adapter import export_adapter
+
+    model, adapters, bundle = random_adapters(tiny("bert"), "query_value")
+    pooled = ModelDef(fs_classifier(model.config.replace(head_pooling="mean"))).merge(
+        ModelDef.params_of(model))
+    with pytest.raises(UserError, match="pools by 'mean' .* export the merged model"):
+        export_adapter(pooled, adapters, bundle.arch, bundle.tokenizer, LABELS, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def fs_classifier(cfg):
+    from flax import nnx
+
+    from flax_sentiment.models.classifier import SequenceClassifier
+
+    return nnx.eval_shape(lambda: SequenceClassifier(cfg, rngs=nnx.Rngs(0)))
+
+
 # --------------------------------------------------------------------------------------------
 # Exact resume
 

@@ -258,6 +258,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     ("train.grad_accum_steps", 5, "must be >= 1 and divide train.batch_size=16"),
     ("model.dtype", "float64", "model.dtype='float64'"),
     ("data.pack_row_multiple", 0, "data.pack_row_multiple=0: must be an integer >= 1"),
+    ("model.pooling", "max", "model.pooling='max': must be auto (the checkpoint's own), cls"),
 ])
 def test_bad_config_values(tiny, tmp_path, key, value, message):
     config = tiny_config(tiny["model"], tiny["data"], **{key: value})
@@ -413,3 +414,19 @@ def test_remat_and_scan_runs_train_like_the_plain_run(tiny, tmp_path, monkeypatc
         for key, value in params["plain"].items():
             np.testing.assert_allclose(params[name][key], value, rtol=1e-5, atol=1e-6,
                                        err_msg=f"{name}: {key}")
+
+
+def test_pooling_reaches_the_run_and_its_checkpoints(tiny, tmp_path):
+    """config model.pooling: the run trains and saves a mean-pooled head, evaluation rebuilds it
+    from the checkpoint, and a resume with another pooling is refused."""
+    from flax_sentiment.workdir import load_run
+
+    short = {"train.max_steps": 2, "eval.every_steps": 0, "checkpoint.every_steps": 0}
+    config = tiny_config(tiny["model"], tiny["data"], **short, **{"model.pooling": "mean"})
+    train_and_evaluate(config, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.model.config.head_pooling == "mean" and run.model.head.pooling == "mean"
+    config.train.max_steps = 4
+    config.model.pooling = "cls"
+    with pytest.raises(UserError, match="config model.pooling is 'cls' but the checkpoint"):
+        train_and_evaluate(config, tmp_path / "run")
