@@ -239,6 +239,14 @@ def _versions(onnx: bool) -> list[str]:
     return lines
 
 
+def _pooling(run: Run) -> str:
+    """The exported head's pooling: the model's, else what the run's config asked for."""
+    if run.model is not None:
+        return run.model.config.head_pooling
+    asked = option(run.config.model, "pooling", "auto")
+    return run.hf_config.get("classifier_pooling", "cls") if asked == "auto" else asked
+
+
 def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
                dtype: str = "float32", onnx: bool = False) -> str:
     """README.md for the export of `run` (its step), with `results` (see `evaluate_step`)."""
@@ -252,8 +260,7 @@ def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
                  else f"`{run.config.data.name_or_path}`")
     labels = list(run.label_names)
     weights = getattr(run, "weights", "raw")
-    pooling = run.model.config.head_pooling
-    custom = remote_code.remote_class(run.arch, pooling)
+    custom = remote_code.remote_class(run.arch, _pooling(run))
     remote = ", trust_remote_code=True" if custom else ""
     lines = [f"# {model_name}", "",
              f"A {custom or run.arch.hf_class} fine-tuned from {base_text} for sentiment "

@@ -85,6 +85,11 @@ def test_metadata_of_a_minilm_sst2_run(tmp_path):
     assert "| `train.learning_rate` | `2e-05` |" in card.text
     assert "| 0 | negative |" in card.text and "AutoModelForSequenceClassification" in card.text
     assert "pipeline(" in card.text and "model.onnx" not in card.text
+    assert "trust_remote_code" not in card.text
+    config.model.pooling = "mean"  # exported with our modeling file: the card says how to load
+    pooled = model_card(run, results, model_name="minilm-sst2")
+    assert "A MeanPooledBertForSequenceClassification fine-tuned" in pooled
+    assert pooled.count("trust_remote_code=True") == 3  # the note, pipeline, from_pretrained
 
 
 # --- from a training run, through scripts/export.py ---------------------------------------
