@@ -23,6 +23,7 @@ from typing import Any
 
 from flax_sentiment import remote_code
 from flax_sentiment.config import option
+from flax_sentiment.pretrained import head_pooling
 from flax_sentiment.sources import PIP_PREFIX
 from flax_sentiment.workdir import Run, Workdir
 
@@ -243,8 +244,7 @@ def _pooling(run: Run) -> str:
     """The exported head's pooling: the model's, else what the run's config asked for."""
     if run.model is not None:
         return run.model.config.head_pooling
-    asked = option(run.config.model, "pooling", "auto")
-    return run.hf_config.get("classifier_pooling", "cls") if asked == "auto" else asked
+    return head_pooling(run.hf_config, option(run.config.model, "pooling", "auto"))
 
 
 def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,

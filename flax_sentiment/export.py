@@ -28,6 +28,7 @@ from flax_sentiment.batching import DEFAULT_BUCKETS, EvalBatches, make_buckets
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.architectures import Architecture
 from flax_sentiment.models.weights import export_state_dict
+from flax_sentiment.pretrained import head_pooling
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def build_hf_config(hf_config: dict[str, Any], arch: Architecture, label_names: 
     from transformers import AutoConfig
 
     if pooling is None:
-        pooling = hf_config.get("classifier_pooling", "cls")
+        pooling = head_pooling(hf_config)
     kw = {k: v for k, v in hf_config.items()
           if k not in _STALE_KEYS + ("auto_map", "classifier_pooling") and k != "model_type"}
     kw.update(remote_code.config_changes(arch, pooling))
@@ -164,14 +165,10 @@ def load_torch_model(folder: Path) -> Any:
     if problems or reported:
         detail = "; ".join(f"{k}: {v[:5]}" for k, v in problems.items()) or reported[0]
         raise ParityError(f"{folder}: transformers did not load the export cleanly ({detail})")
-    if type(model).__name__ != _architectures(folder)[0]:
+    if type(model).__name__ != config["architectures"][0]:
         raise ParityError(f"{folder}: transformers built {type(model).__name__}, expected "
-                          f"{_architectures(folder)[0]}")
+                          f"{config['architectures'][0]}")
     return model.eval()
-
-
-def _architectures(folder: Path) -> list[str]:
-    return json.loads((Path(folder) / "config.json").read_text())["architectures"]
 
 
 def _max_tokens(model: Any, tokenizer: Any) -> int:

@@ -172,9 +172,9 @@ def _check_pooling(pooling: str, base: str) -> None:
     """PEFT loads the adapter onto the base's own transformers class, which pools as the base's
     config says: a run that pooled otherwise (config model.pooling) exports merged only."""
     from flax_sentiment import sources
-    from flax_sentiment.pretrained import read_hf_config
+    from flax_sentiment.pretrained import head_pooling, read_hf_config
 
-    own = read_hf_config(sources.resolve(base)).get("classifier_pooling", "cls")
+    own = head_pooling(read_hf_config(sources.resolve(base)))
     if pooling != own:
         raise UserError(f"--adapter: this run's head pools by {pooling!r} (config "
                         f"model.pooling), but {base!r} loads into a transformers class that "

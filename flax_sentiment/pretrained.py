@@ -71,6 +71,22 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
+POOLINGS = ("cls", "mean")
+
+
+def head_pooling(hf: dict[str, Any], asked: str = "auto", source: str = "config.json") -> str:
+    """The pooling a head over checkpoint config `hf` uses: `asked` (config model.pooling), or
+    for "auto" the checkpoint's own: its `classifier_pooling` (ModernBERT's, or a mean-pooled
+    export of ours, any type: `remote_code`), else the first token."""
+    if asked not in ("auto",) + POOLINGS:
+        raise UserError(f"pooling {asked!r}: must be auto (the checkpoint's own), cls or mean")
+    own = hf.get("classifier_pooling", "cls")
+    if own not in POOLINGS:
+        raise UserError(f"{source}: classifier_pooling {own!r} is not supported "
+                        "(use 'cls' or 'mean')")
+    return own if asked == "auto" else asked
+
+
 def load_pretrained_bundle(name_or_path: str | Path, num_labels: int | None = None,
                            dtype: Any = jnp.float32, *, seed: int = 0,
                            pooling: str = "auto") -> Pretrained:
@@ -90,15 +106,9 @@ def load_pretrained_bundle(name_or_path: str | Path, num_labels: int | None = No
         num_labels = ckpt_labels or 2
     if num_labels < 2:
         raise UserError(f"num_labels must be >= 2, got {num_labels}")
-    cfg = arch.encoder_config(hf).replace(num_labels=num_labels)
-    # A mean-pooled export of ours says so in its config.json (remote_code), for any type.
-    own = hf.get("classifier_pooling", cfg.head_pooling)
-    if own not in ("cls", "mean"):
-        raise UserError(f"{folder / 'config.json'}: classifier_pooling {own!r} is not supported "
-                        "(use 'cls' or 'mean')")
-    if pooling not in ("auto", "cls", "mean"):
-        raise UserError(f"pooling {pooling!r}: must be auto (the checkpoint's own), cls or mean")
-    cfg = cfg.replace(head_pooling=own if pooling == "auto" else pooling)
+    cfg = arch.encoder_config(hf).replace(
+        num_labels=num_labels,
+        head_pooling=head_pooling(hf, pooling, source=str(folder / "config.json")))
     model = SequenceClassifier(cfg, dtype=as_dtype(dtype), rngs=nnx.Rngs(seed))
     fresh = import_weights(model, arch, state_dict, source=str(folder))
     if fresh:
