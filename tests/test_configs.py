@@ -80,3 +80,17 @@ def test_packed_recipes_keep_the_baseline_hyperparameters():
         assert recipe["data"].pop("pack_length") > 0
         baseline["data"].pop("pack_length", None)
         assert recipe == baseline, name
+
+
+def test_tweet_eval_best_is_the_base_recipe_plus_the_techniques():
+    """configs/tweet_eval_minilm_best.py repeats configs/tweet_eval_minilm.py's fields; it must
+    differ from it in the techniques' keys alone (docs/RESULTS.md compares the two)."""
+    base = _load(REPO / "configs" / "tweet_eval_minilm.py").to_dict()
+    best = _load(REPO / "configs" / "tweet_eval_minilm_best.py").to_dict()
+    changed = {(section, key) for section in best for key in best[section]
+               if isinstance(best[section], dict) and best[section][key] != base[section][key]}
+    assert changed == {("model", "pooling"), ("model", "reinit_layers"),
+                       ("train", "learning_rate"), ("train", "layer_decay"),
+                       ("train", "ema_decay")}
+    assert {k: v for k, v in best.items() if not isinstance(v, dict)} == \
+        {k: v for k, v in base.items() if not isinstance(v, dict)}
