@@ -13,7 +13,7 @@ from flax_sentiment.config import base_config
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.pretrained import load_pretrained_bundle
-from flax_sentiment.steps import Steps, decay_mask, loss_sum, make_schedule
+from flax_sentiment.steps import Steps, clip_by_global_norm, decay_mask, loss_sum, make_schedule
 from flax_sentiment.train import train_and_evaluate
 from tests.helpers import run_script, sst2_subset, tiny_bert, tiny_config
 
@@ -198,6 +198,24 @@ def test_bfloat16_trains_like_float32(tiny):
     # The bound sees a wrong run: float32 itself on another batch falls far outside it.
     other = _batch(np.random.RandomState(5))
     assert _global_rel(run(trainers["float32"], other)[1], delta32) > 16 * u
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])  # clipped, and left alone
+def test_clip_by_global_norm_matches_torch(max_norm):
+    import torch
+
+    rng = np.random.default_rng(0)
+    grads = {"a": rng.standard_normal((7, 5)).astype(np.float32),
+             "b": rng.standard_normal(11).astype(np.float32) * 3}
+    ours, _ = jax.jit(clip_by_global_norm(max_norm).update)(grads, None)
+    tensors = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads.values()]
+    for t, g in zip(tensors, grads.values(), strict=True):
+        t.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_norm_(tensors, max_norm)  # factor max_norm / (norm + 1e-6), <= 1
+    for t, name in zip(tensors, grads, strict=True):
+        np.testing.assert_allclose(ours[name], t.grad.numpy(), rtol=2e-6, atol=0)
+    norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    assert (norm > max_norm) == (max_norm == 0.5)  # the two cases really are both sides
 
 
 def test_optimizer_mask_and_schedule(tiny):
