@@ -19,6 +19,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from flax_sentiment import host
 from flax_sentiment.config import changed_keys
 from flax_sentiment.errors import UserError
 
@@ -93,7 +94,8 @@ def run(main: Callable[[list[str]], None], *, config_flag: str | None = None,
         positional: bool = False) -> None:
     """absl's `app.run(main)` with console logging, and a bad flag, an unexpected argument
     (unless `positional`), a missing or unloadable config file and any `UserError` reported as
-    one line (exit 2) instead of a traceback."""
+    one line (exit 2) instead of a traceback. Before anything runs, `host.keep_freed_memory`."""
+    host.keep_freed_memory()
     if config_flag is not None:
         path = flag_value(sys.argv[1:], config_flag)
         if path is not None and not Path(path.split(":", 1)[0]).is_file():
