@@ -94,8 +94,9 @@ def run(main: Callable[[list[str]], None], *, config_flag: str | None = None,
         positional: bool = False) -> None:
     """absl's `app.run(main)` with console logging, and a bad flag, an unexpected argument
     (unless `positional`), a missing or unloadable config file and any `UserError` reported as
-    one line (exit 2) instead of a traceback. Before anything runs, `host.keep_freed_memory`."""
-    host.keep_freed_memory()
+    one line (exit 2) instead of a traceback. First of all, `host.use_huge_pages` (which may
+    restart the process, before JAX has loaded)."""
+    host.use_huge_pages()
     if config_flag is not None:
         path = flag_value(sys.argv[1:], config_flag)
         if path is not None and not Path(path.split(":", 1)[0]).is_file():

@@ -1,44 +1,77 @@
 """Process-wide settings of the host that make XLA's CPU runtime faster.
 
-`keep_freed_memory`: every execution of a jitted program on XLA's CPU backend allocates its
-temporary buffers afresh (MiniLM's train step: one 153 MiB block) from a worker thread and frees
-them at the end. glibc serves such a block from a fresh `mmap` (a thread's arena cannot hold it)
-and `munmap`s it on free, so every step page-faults the whole block in again: ~39,000 faults and
-~60 ms of kernel time a step on a 2-core host. With one arena and no mmap, the block comes from
-the main heap and stays there for the next step (docs/BENCHMARKS.md: 7-8% faster float32 steps,
-4-6% bfloat16).
+`use_huge_pages`: every execution of a jitted program on XLA's CPU backend allocates its
+temporary buffers afresh (MiniLM's train step: one 153 MiB block) and frees them at the end.
+glibc serves a block that large with a fresh `mmap` and `munmap`s it on free, so every step
+page-faults the whole block in again, 4 KiB at a time: ~39,000 faults and ~60 ms of kernel time
+a step on a 2-core host. glibc's `glibc.malloc.hugetlb=1` tunable asks for transparent huge
+pages on such blocks (2 MiB a fault): ~600 faults a step, 10% faster float32 steps
+(docs/BENCHMARKS.md). Keeping the freed memory instead (`mallopt`: one arena, no mmap) removes
+the faults too, but one arena doubles XLA's compile time (its threads contend for the lock).
+Tunables are read when a process starts, hence the restart.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
 import sys
+from pathlib import Path
 
-log = logging.getLogger(__name__)
-
-# glibc's mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-OPT_OUT = "FLAX_SENTIMENT_KEEP_FREED_MEMORY"
+TUNABLE = "glibc.malloc.hugetlb=1"
+OPT_OUT = "FLAX_SENTIMENT_HUGE_PAGES"
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the kernel: one arena,
-    no mmap for large blocks, trim only above 2 GiB. Call it before JAX starts its threads
-    (the scripts do, first thing). The cost: the process keeps its peak heap (peak RSS is
-    unchanged, as the next step reuses it). Returns whether it was applied: not on other C
-    libraries or platforms, nor with FLAX_SENTIMENT_KEEP_FREED_MEMORY=0."""
-    if os.environ.get(OPT_OUT, "1") == "0" or not sys.platform.startswith("linux"):
-        return False
+def _glibc_version() -> tuple[int, ...]:
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    except (ValueError, OSError, AttributeError):  # not glibc (musl, macOS)
+        return ()
+    return tuple(int(p) for p in version.split(".")[:2]) if name == "glibc" else ()
+
+
+def huge_pages_available() -> bool:
+    """glibc >= 2.35 (the tunable) and transparent huge pages the kernel grants on request."""
+    try:
+        thp = THP.read_text()
+    except OSError:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = all(mallopt(param, value) == 1 for param, value in (
-        (M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)))
-    if not ok:
-        log.warning("mallopt refused a setting; freed memory may still go back to the kernel")
-    return ok
+    return _glibc_version() >= (2, 35) and ("[madvise]" in thp or "[always]" in thp)
+
+
+def huge_pages_env(environ: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The environment to restart with, or None when there is nothing to do: already set,
+    opted out (FLAX_SENTIMENT_HUGE_PAGES=0), or not available on this host."""
+    env = dict(os.environ if environ is None else environ)
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if env.get(OPT_OUT, "1") == "0" or "glibc.malloc.hugetlb" in tunables:
+        return None
+    if not huge_pages_available():
+        return None
+    env["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLE}" if tunables else TUNABLE
+    return env
+
+
+def use_huge_pages() -> None:
+    """Restart this process (same interpreter, same arguments) with `TUNABLE` set, unless it
+    is set already or cannot apply. Call it first thing, before JAX loads: the scripts do
+    (`cli.run`), and in a notebook set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 before starting
+    the kernel instead."""
+    env = huge_pages_env()
+    if env is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def without_huge_pages(env: dict[str, str]) -> dict[str, str]:
+    """`env` with `TUNABLE` taken out of GLIBC_TUNABLES again: a child process starts as it
+    would from the user's shell (the benchmark's Trainer side; our side restarts itself)."""
+    env = dict(env)
+    rest = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != TUNABLE]
+    if rest:
+        env["GLIBC_TUNABLES"] = ":".join(rest)
+    else:
+        env.pop("GLIBC_TUNABLES", None)
+    return env

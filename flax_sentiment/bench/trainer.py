@@ -48,6 +48,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from flax_sentiment import host
 from flax_sentiment.bench.common import (
     DEFAULT_MODEL,
     REPO,
@@ -131,9 +132,11 @@ class Plan:
 
 def child_env() -> dict[str, str]:
     """The parent's environment (XLA_FLAGS from the --threads policy included), offline, with no
-    JAX cache of the user's overriding a run's own `compilation_cache_dir`."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    JAX cache of the user's overriding a run's own `compilation_cache_dir`, and without the
+    huge-page tunable this (restarted) benchmark process has: each side starts as from the
+    user's shell (ours then restarts itself with it, inside its timed whole process)."""
+    env = dict(host.without_huge_pages(dict(os.environ)), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
 
