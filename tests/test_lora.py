@@ -141,7 +141,10 @@ def check_adapter_export(name, targets, tmp_path):
     merged_dir = tmp_path / "merged"
     export_hf(model, bundle.arch, bundle.hf_config, bundle.tokenizer, LABELS, merged_dir)
     merged = torch_logits(load_torch_model(merged_dir), ids, mask, types)
-    np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)
+    # Both sides are torch: (W + BA)x against Wx + B(Ax) in float32, which rounds apart by up
+    # to 1.1e-5 on logits of ~5 with oneDNN on an Intel AMX host (2026-12-03); the adapters
+    # themselves move the logits by more than 1e-2 (above).
+    np.testing.assert_allclose(merged, unmerged, atol=3e-5, rtol=0)
 
 
 # Every architecture with its default targets; every linear layer too (slow, but for BERT).
