@@ -213,6 +213,43 @@ def test_pytorch_bin_and_base_model_without_prefix(tmp_path, caplog):
                                base.pooler.dense.weight.detach().numpy().T)
 
 
+def test_fresh_head_is_the_eager_models_and_loading_draws_nothing_else(tmp_path):
+    """The model is built abstractly and only the parameters the checkpoint lacks are drawn
+    (one jitted program): they equal an eagerly built `SequenceClassifier(rngs=Rngs(seed))`'s
+    bit for bit, every other parameter is the checkpoint's, and no per-initialiser programs
+    are compiled (sizes no other test uses, so an eager build would have to compile them)."""
+    from flax_sentiment import parallel
+    from flax_sentiment.models.classifier import SequenceClassifier
+    from flax_sentiment.models.weights import iter_params
+
+    cfg = _bert(hidden_size=24, intermediate_size=43, vocab_size=89)
+    torch.manual_seed(0)
+    base = T.BertModel(cfg, add_pooling_layer=False).eval()  # no pooler: head.dense fresh too
+    base.save_pretrained(tmp_path)
+    with parallel.compile_timer() as compiled:
+        bundle = fs.load_pretrained_bundle(tmp_path, num_labels=3, seed=7)
+    assert compiled["programs"] <= 1, compiled
+    eager = dict(iter_params(SequenceClassifier(bundle.config, rngs=nnx.Rngs(7))))
+    other_seed = dict(iter_params(SequenceClassifier(bundle.config, rngs=nnx.Rngs(8))))
+    sd = {k: v.numpy() for k, v in base.state_dict().items()}
+    heads = 0
+    for path, param in iter_params(bundle.model):
+        got = np.asarray(param.get_value())
+        if path.startswith("head."):
+            heads += 1
+            np.testing.assert_array_equal(got, np.asarray(eager[path].get_value()), err_msg=path)
+            if path.endswith("kernel"):  # a different seed draws differently: the test can fail
+                assert not np.array_equal(got, np.asarray(other_seed[path].get_value()))
+    assert heads == 4  # head.dense and head.out, kernel and bias
+    # And the draws are nnx's own normal initialiser's, as models built before had them.
+    from flax_sentiment.models.layers import normal_init
+    key = jax.random.key(5)
+    np.testing.assert_array_equal(normal_init(0.02)(key, (24, 43)),
+                                  nnx.initializers.normal(0.02)(key, (24, 43)))
+    np.testing.assert_array_equal(np.asarray(bundle.model.encoder.embeddings.word.embedding[...]),
+                                  sd["embeddings.word_embeddings.weight"])
+
+
 def test_old_gamma_beta_layernorm_names(tmp_path):
     """TF-converted checkpoints (bert-base-uncased) name LayerNorm weights gamma/beta."""
     cfg = _bert(num_labels=2)

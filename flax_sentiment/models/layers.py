@@ -90,11 +90,21 @@ def mixed_dot_general(x: jax.Array, w: jax.Array, dimension_numbers, precision=N
     return jax.lax.dot_general(x, w, dimension_numbers, precision=precision, **kwargs)
 
 
+def normal_init(stddev: float) -> Callable[..., jax.Array]:
+    """`nnx.initializers.normal(stddev)`, the same draws, with the scaling kept out of the
+    sampler's fusion: under `jit` (`pretrained` builds a fresh head that way) XLA would
+    otherwise fuse the multiply into the sampler and round 1 ulp apart from an eager build."""
+    def init(key: jax.Array, shape, dtype=jnp.float32, out_sharding=None) -> jax.Array:
+        draw = jax.random.normal(key, shape, dtype, out_sharding=out_sharding)
+        return jax.lax.optimization_barrier(draw) * jnp.array(stddev, dtype)
+    return init
+
+
 def _linear(cfg: EncoderConfig, din: int, dout: int, dtype, rngs: nnx.Rngs, *,
             bias: bool = True) -> nnx.Linear:
     return nnx.Linear(
         din, dout, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs,
+        kernel_init=normal_init(cfg.initializer_range), rngs=rngs,
         dot_general=mixed_dot_general,
     )
 
@@ -107,7 +117,7 @@ def norm_layer(cfg: EncoderConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 def _embed(cfg: EncoderConfig, num: int, dim: int, dtype, rngs: nnx.Rngs) -> nnx.Embed:
     return nnx.Embed(num, dim, dtype=dtype, param_dtype=jnp.float32,
-                     embedding_init=nnx.initializers.normal(cfg.initializer_range), rngs=rngs)
+                     embedding_init=normal_init(cfg.initializer_range), rngs=rngs)
 
 
 def _fmix32(x: jax.Array) -> jax.Array:

@@ -108,13 +108,14 @@ def import_weights(model: nnx.Module, arch: Architecture, state_dict: dict[str, 
                 continue
             raise UserError(f"{source}: tensor {name!r} is missing from the checkpoint")
         value = sd[name].T if transpose else sd[name]
-        if value.shape != param[...].shape:
-            expected = param[...].T.shape if transpose else param[...].shape
+        current = param.get_value()  # an array, or a ShapeDtypeStruct (nnx.eval_shape)
+        if value.shape != current.shape:
+            expected = current.shape[::-1] if transpose else current.shape
             hint = (" (a classifier for a different number of labels: set num_labels to match, "
                     "or start from the base model)" if module.startswith(HEAD_PREFIX) else "")
             raise UserError(f"{source}: tensor {name!r} has shape {tuple(sd[name].shape)}, "
                             f"expected {tuple(expected)}{hint}")
-        param[...] = jnp.asarray(value, dtype=param[...].dtype)
+        param.set_value(jnp.asarray(value, dtype=current.dtype))
         used.add(name)
     unexpected = [k for k in sd if k not in used and not arch.is_ignored(k)]
     if unexpected:
