@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,25 +94,17 @@ def head_pooling(hf: dict[str, Any], asked: str = "auto", source: str = "config.
     return own if asked == "auto" else asked
 
 
-def _build(cfg: EncoderConfig, dtype: Any, seed: int, *, abstract: bool = False
-           ) -> SequenceClassifier:
-    make = functools.partial(SequenceClassifier, cfg, dtype=dtype)
-    if abstract:  # shapes only: nothing drawn, nothing compiled
-        return nnx.eval_shape(lambda: make(rngs=nnx.Rngs(seed)))
-    return make(rngs=nnx.Rngs(seed))
-
-
-def _initialise(model: SequenceClassifier, fresh: list[str], cfg: EncoderConfig, dtype: Any,
-                seed: int) -> None:
-    """Give the parameters the checkpoint lacks (a fresh head) the values a model built
-    eagerly from `nnx.Rngs(seed)` would give them, bit for bit: one jitted build that returns
-    only those, so XLA drops every other draw. Why: building the whole model eagerly draws and
-    then overwrites every imported tensor, and compiles one small program per initialiser and
-    shape (23 for MiniLM, ~2.5 s of every command's start-up)."""
+def _initialise(model: SequenceClassifier, fresh: list[str],
+                build: Callable[[], SequenceClassifier]) -> None:
+    """Give the parameters the checkpoint lacks (a fresh head) the values an eager `build()`
+    would give them, bit for bit: one jitted build that returns only those, so XLA drops every
+    other draw. Why: building the whole model eagerly draws and then overwrites every imported
+    tensor, and compiles one small program per initialiser and shape (23 for MiniLM, ~2.5 s
+    of every command's start-up)."""
     wanted = set(fresh)
     if wanted:
         values = jax.jit(lambda: {path: param.get_value() for path, param
-                                  in iter_params(_build(cfg, dtype, seed))
+                                  in iter_params(build())
                                   if path in wanted})()
     left = []
     for path, param in iter_params(model):
@@ -145,9 +138,13 @@ def load_pretrained_bundle(name_or_path: str | Path, num_labels: int | None = No
     cfg = arch.encoder_config(hf).replace(
         num_labels=num_labels,
         head_pooling=head_pooling(hf, pooling, source=str(folder / "config.json")))
-    model = _build(cfg, as_dtype(dtype), seed, abstract=True)
+
+    def build() -> SequenceClassifier:
+        return SequenceClassifier(cfg, dtype=as_dtype(dtype), rngs=nnx.Rngs(seed))
+
+    model = nnx.eval_shape(build)  # shapes only: nothing drawn, nothing compiled
     fresh = import_weights(model, arch, state_dict, source=str(folder))
-    _initialise(model, fresh, cfg, as_dtype(dtype), seed)
+    _initialise(model, fresh, build)
     if fresh:
         log.info("%s: no classification head in the checkpoint; initialised a fresh %d-way "
                  "head (%s)", name_or_path, num_labels,
