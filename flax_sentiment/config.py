@@ -19,6 +19,8 @@ from flax_sentiment.errors import UserError
 # The scalar metrics of `metrics.compute_metrics`, any of which can be `eval.metric`.
 SCALAR_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro",
                   "precision_weighted", "recall_weighted", "f1_weighted", "loss", "ece")
+# How a packed train step's examples are drawn (`data.pack_sampling`, flax_sentiment/packing.py).
+PACK_SAMPLINGS = ("uniform", "stratified")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -48,6 +50,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # ~11 s to compile, a multiple that gives one or two shapes trades nothing for compile
     # time; on CPUs every empty row costs its compute (docs/BENCHMARKS.md).
     c.pack_row_multiple = 1
+    # How a packed step's examples are drawn: 'uniform' (at random), or 'stratified' (one from
+    # each of batch_size length strata, so every step needs the same rows: one compiled shape
+    # instead of five or six on SST-2; flax_sentiment/packing.py).
+    c.pack_sampling = "uniform"
     c.encoding = "utf-8"
     c.seed = 0
     c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)
@@ -303,6 +309,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     multiple = option(config.data, "pack_row_multiple", 1)
     need(isinstance(multiple, int) and not isinstance(multiple, bool) and multiple >= 1,
          "data.pack_row_multiple", multiple, "must be an integer >= 1")
+    sampling = option(config.data, "pack_sampling", "uniform")
+    need(sampling in PACK_SAMPLINGS, "data.pack_sampling", sampling,
+         f"must be one of {PACK_SAMPLINGS}")
     need(pack == 0 or pack >= config.data.max_length, "data.pack_length", pack,
          f"must be 0 (off) or at least data.max_length={config.data.max_length}")
     need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")

@@ -365,6 +365,7 @@ def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.shar
             splits.train, t.batch_size, pack, seed=t.seed, pad_id=splits.pad_id,
             row_multiple=math.lcm(mesh.devices.size * t.grad_accum_steps,
                                   int(option(config.data, "pack_row_multiple", 1))),
+            sampling=option(config.data, "pack_sampling", "uniform"),
             process_index=pid, process_count=n_proc)
         log.info("packing: %s", packing.describe(train_iter))
     else:

@@ -73,12 +73,14 @@ def test_fast_config_rows_follow_max_length():
 
 def test_packed_recipes_keep_the_baseline_hyperparameters():
     """The packed recipes are compared with configs/sst2_minilm.py (docs/BENCHMARKS.md): they
-    differ from it in data.pack_length alone."""
+    differ from it in how batches are packed (data.pack_length, data.pack_sampling) alone."""
     baseline = _load(REPO / "configs" / "sst2_minilm.py").to_dict()
-    for name in ("sst2_minilm_packed", "sst2_minilm_fast"):
+    for name, sampling in (("sst2_minilm_packed", "uniform"), ("sst2_minilm_fast", "stratified")):
         recipe = _load(REPO / "configs" / f"{name}.py").to_dict()
         assert recipe["data"].pop("pack_length") > 0
-        baseline["data"].pop("pack_length", None)
+        assert recipe["data"].pop("pack_sampling") == sampling
+        for key in ("pack_length", "pack_sampling"):
+            baseline["data"].pop(key, None)
         assert recipe == baseline, name
 
 

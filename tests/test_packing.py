@@ -2,6 +2,8 @@
 padded batch (every architecture), and the packed iterators cover each example once per epoch,
 resume exactly and split rows over processes."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -148,26 +150,60 @@ def test_train_iterator_packs_each_step_and_covers_each_example_once_per_epoch()
     assert info["token_efficiency"] > 0.8 and len(info["row_counts"]) <= 6, info
 
 
-def test_train_iterator_resumes_and_splits_rows_over_processes():
+@pytest.mark.parametrize("sampling", ["uniform", "stratified"])
+def test_train_iterator_resumes_and_splits_rows_over_processes(sampling):
     split = _synthetic(seed=1)
     full = packing.PackedTrainIterator(split, 16, 64, seed=0, pad_id=0, row_multiple=4,
-                                       process_index=0, process_count=1)
+                                       sampling=sampling, process_index=0, process_count=1)
     batches = [next(full) for _ in range(25)]  # into the second epoch
     resumed = packing.PackedTrainIterator(split, 16, 64, seed=0, pad_id=0, row_multiple=4,
-                                          process_index=0, process_count=1)
+                                          sampling=sampling, process_index=0, process_count=1)
     resumed.set_state({**full.get_state(), "position": 2, "epoch": 1})
     for want in batches[full.steps_per_epoch + 2:]:
         got = next(resumed)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     parts = [packing.PackedTrainIterator(split, 16, 64, seed=0, pad_id=0, row_multiple=4,
-                                         process_index=p, process_count=2) for p in range(2)]
+                                         sampling=sampling, process_index=p, process_count=2)
+             for p in range(2)]
     for want in batches[:5]:
         got = [next(p) for p in parts]
         assert got[0]["input_ids"].shape == got[1]["input_ids"].shape  # same rows each
         for key in want:
             np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key],
                                           err_msg=key)
+
+
+def test_stratified_steps_take_one_example_per_length_stratum_and_share_one_row_count():
+    """Each step's k-th longest example lies in the k-th run of the epoch's sorted lengths, the
+    steps are random samples (another epoch or seed deals them otherwise), every example comes
+    once an epoch, and the row counts collapse to one where uniform draws need several."""
+    split = _synthetic(2000, seed=4)
+    make = functools.partial(packing.PackedTrainIterator, split, 16, 64, pad_id=0,
+                             process_index=0, process_count=1)
+    it = make(seed=0, sampling="stratified")
+    s = it.steps_per_epoch
+    ranked = np.sort(split.lengths)[::-1]
+    ranked = np.concatenate([ranked, np.zeros(s * 16 - len(split), ranked.dtype)])
+    low, high = ranked.reshape(16, s).min(1), ranked.reshape(16, s).max(1)
+    _, steps = it.plan(0)
+    seen = []
+    for step in steps:
+        lengths = np.sort(np.where(step >= 0, split.lengths[np.maximum(step, 0)], 0))[::-1]
+        assert ((lengths >= low) & (lengths <= high)).all()
+        seen.extend(step[step >= 0])
+    assert sorted(seen) == list(range(len(split)))
+    batches = [next(it) for _ in range(s)]
+    assert sorted(np.concatenate([_examples(b) for b in batches])) == list(range(len(split)))
+    assert not np.array_equal(np.sort(steps, 1), np.sort(it.plan(1)[1], 1))
+    assert not np.array_equal(np.sort(steps, 1),
+                              np.sort(make(seed=1, sampling="stratified").plan(0)[1], 1))
+    uniform = make(seed=0, sampling="uniform")
+    assert len(it.row_counts((0, 1, 2))) == 1 < len(uniform.row_counts((0, 1, 2)))
+    info, before = packing.describe(it), packing.describe(uniform)
+    assert info["rows_per_step"] <= before["rows_per_step"] + 0.5, (info, before)
+    with pytest.raises(fs.UserError, match="data.pack_sampling='sorted' is not one of"):
+        make(seed=0, sampling="sorted")
 
 
 def test_eval_batches_cover_each_example_once_in_one_shape():

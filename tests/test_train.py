@@ -276,6 +276,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path):
     ("train.grad_accum_steps", 5, "must be >= 1 and divide train.batch_size=16"),
     ("model.dtype", "float64", "model.dtype='float64'"),
     ("data.pack_row_multiple", 0, "data.pack_row_multiple=0: must be an integer >= 1"),
+    ("data.pack_sampling", "sorted", "data.pack_sampling='sorted': must be one of"),
     ("model.pooling", "max", "model.pooling='max': must be auto (the checkpoint's own), cls"),
 ])
 def test_bad_config_values(tiny, tmp_path, key, value, message):
@@ -302,10 +303,12 @@ def test_pack_row_multiple_rounds_every_packed_step_up(tiny, tmp_path, monkeypat
     for multiple in (1, 3):
         config = tiny_config(tiny["model"], tiny["data"], **{
             "data.pack_length": 64, "data.pack_row_multiple": multiple,
+            "data.pack_sampling": "uniform" if multiple == 1 else "stratified",
             "train.grad_accum_steps": 2, "train.max_steps": 2, "eval.every_steps": 0,
             "checkpoint.every_steps": 0})
         train_and_evaluate(config, tmp_path / str(multiple))
         it = made[-1]
+        assert it.sampling == config.data.pack_sampling
         counts[multiple] = it.row_counts()
         examples = [int((np.asarray(next(it)["index"]) >= 0).sum()) for _ in range(3)]
         assert examples == [16, 16, 16]
