@@ -17,8 +17,9 @@ order, cut into `batch_size` runs of consecutive lengths; each run dealt over th
 random order): every step then holds nearly the same number of tokens and needs the same row
 count, so one shape is compiled instead of five or six (on SST-2 every step of an epoch packs
 into 7 rows of 66, as many as uniform draws need on average), and each step is still a random
-sample of every part of the length distribution. Per-example fields (labels, weights, index, teacher
-logits) are [rows, slots]: slot e of a row is its segment e + 1; empty slots weigh 0.
+sample of every part of the length distribution. A changed sampling is another data order, so
+a run does not resume under it. Per-example fields (labels, weights, index, teacher logits)
+are [rows, slots]: slot e of a row is its segment e + 1; empty slots weigh 0.
 Evaluation packs every example into rows in one fixed shape, a varying number per batch.
 """
 

@@ -51,10 +51,11 @@ RESUME_KEYS = ("model.name_or_path", "data.name_or_path", "data.subset", "data.l
                "data.label_map", "data.text_column", "data.label_column", "data.max_length",
                "data.buckets", "data.pack_length", "train.batch_size", "train.seed",
                "model.reinit_layers", "train.ema_decay", "train.teacher", "model.lora",
-               "data.pack_row_multiple", "model.pooling")
+               "data.pack_row_multiple", "data.pack_sampling", "model.pooling")
 # What keys added since are taken to be in checkpoints that predate them.
 RESUME_DEFAULTS = {"model.reinit_layers": 0, "data.pack_length": 0, "train.ema_decay": 0.0,
-                   "data.pack_row_multiple": 1, "model.pooling": "auto",
+                   "data.pack_row_multiple": 1, "data.pack_sampling": "uniform",
+                   "model.pooling": "auto",
                    "train.teacher": [],
                    "model.lora": {"rank": None, "alpha": 16.0, "targets": "query_value",
                                   "dropout": 0.0}}

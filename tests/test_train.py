@@ -285,6 +285,23 @@ def test_bad_config_values(tiny, tmp_path, key, value, message):
         train_and_evaluate(config, tmp_path / "run")
 
 
+def test_a_changed_pack_sampling_refuses_to_resume():
+    """The stratified steps are another data order: a checkpoint made before the key existed
+    (uniform draws) resumes under uniform, and is refused under stratified, by name."""
+    from flax_sentiment.train import check_resumable
+
+    config = base_config()
+    config.data.pack_length = 66
+    saved = json.loads(config.to_json())
+    del saved["data"]["pack_sampling"]  # a checkpoint that predates the key
+    check_resumable(saved, config)
+    config.data.pack_sampling = "stratified"
+    with pytest.raises(UserError, match="cannot resume: config data.pack_sampling is "
+                                        "'stratified' but the checkpoint was trained with "
+                                        "'uniform'"):
+        check_resumable(saved, config)
+
+
 def test_pack_row_multiple_rounds_every_packed_step_up(tiny, tmp_path, monkeypatch):
     """data.pack_row_multiple: every packed step's row count is a multiple of it and of the
     grad_accum_steps multiple (their lcm), so fewer shapes compile; steps still hold
