@@ -141,15 +141,15 @@ class PackedTrainIterator(TrainIterator):
         if self._plan is None or self._plan[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(len(self.split))
-            if self.sampling == "stratified":  # longest first, ties in the random order
-                order = order[np.argsort(-self.split.lengths[order], kind="stable")]
-            n = self.steps_per_epoch * self.batch_size
-            steps = np.full(n, -1, np.int64)
-            steps[: len(order)] = order
-            if self.sampling == "stratified":  # stratum k: the k-th run of steps_per_epoch
+            steps = np.full(self.steps_per_epoch * self.batch_size, -1, np.int64)
+            if self.sampling == "stratified":
+                # Longest first, ties in the random order; stratum k is the k-th run of
+                # steps_per_epoch, dealt over the steps in a random order.
+                steps[: len(order)] = order[np.argsort(-self.split.lengths[order], kind="stable")]
                 strata = steps.reshape(self.batch_size, self.steps_per_epoch)
                 steps = np.stack([rng.permutation(s) for s in strata], axis=1)
             else:
+                steps[: len(order)] = order
                 steps = steps.reshape(self.steps_per_epoch, self.batch_size)
             packed = [self.pack(s[s >= 0]) for s in steps]
             counts = np.array([round_up(len(rows), self.row_multiple) for rows in packed])
