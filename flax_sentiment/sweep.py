@@ -5,21 +5,37 @@ so it follows the workdir contract and resumes like any run. The numeric hyperpa
 the compiled train step as arguments (`steps.hyperparameters`), so trials that share shapes
 share compiled programs (in memory and in the persistent compilation cache). The study lives in
 an Optuna journal file in SWEEP_DIR (or any `--storage` URL): rerunning the command, here or on
-another machine, adds a worker to the same study. A trial whose worker died (its lease in the
-trial folder names a dead process, or has not been renewed for `LEASE_TIMEOUT`) is enqueued
-again with the same parameters and resumes from its own checkpoint.
+another machine, adds a worker to the same study.
+
+What a study guarantees (README, "Hyperparameter search"):
+- Ctrl-C / SIGTERM in a trial saves its checkpoint and the worker exits 0; the trial stays
+  open, and the same command continues that trial (same number) from its checkpoint. So does a
+  trial whose worker died (its lease in the trial folder names a dead process, or has not been
+  renewed for `LEASE_TIMEOUT`; a thread renews it while the trial runs, whatever it is doing).
+- A trial that diverges (or runs out of device memory) is recorded as failed with its reason
+  and the study goes on; any other error is recorded on the trial and stops the worker.
+  `trials.csv` and `best.json` are rewritten after every trial.
+- Trial 0 runs the config as given (its values must lie in the space: checked before anything
+  runs), and is queued again until it has an outcome, so a sweep never ends worse than its
+  config.
+- Workers draw from their own sampler streams, and parameters already tried (or being tried)
+  are never trained again: such a trial takes the earlier one's outcome.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import warnings
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,18 +43,22 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 
 from flax_sentiment import parallel
-from flax_sentiment.config import validate
+from flax_sentiment.config import option, validate
 from flax_sentiment.errors import UserError
-from flax_sentiment.train import Hook, Loop, train_and_evaluate
+from flax_sentiment.train import Hook, Loop, TrainingDiverged, train_and_evaluate
 from flax_sentiment.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
 LEASE = "lease.json"
 LEASE_TIMEOUT = 600.0  # seconds without renewal after which another host may take a trial
+LEASE_RENEW = 30.0  # seconds between renewals while a trial runs
 STUDY = "sweep"
+CONFIG_ORIGIN = "the config as given"  # trial 0's `origin` user attribute
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,11 +142,39 @@ def config_values(config: ml_collections.ConfigDict, space: Mapping[str, Any]
     return values
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Config value == choice, with tuples and lists alike and True not taken for 1."""
+    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
+        return isinstance(a, list | tuple) and isinstance(b, list | tuple) and tuple(a) == tuple(b)
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def check_in_space(values: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a config whose own values (trial 0) lie outside the space: Optuna would reject
+    the trial only once a worker reaches it, and the sweep would lose its baseline."""
+    for key, value in values.items():
+        spec = space[key]
+        if "choices" in spec:
+            ok = any(_same(value, c) for c in spec["choices"])
+            where = f"choices {list(spec['choices'])}"
+        else:
+            ok = (isinstance(value, int | float) and not isinstance(value, bool)
+                  and spec["low"] <= value <= spec["high"])
+            where = f"range [{spec['low']}, {spec['high']}]"
+        if not ok:
+            raise UserError(f"config {key}={value!r} is outside sweep.space.{key} ({where}): "
+                            "trial 0 trains the config as given, so its value must be in the "
+                            f"space; set --config.{key} to a value in it, or widen the space")
+
+
 # --------------------------------------------------------------------------------------------
 # Trials
 
 
 def _alive(lease: Mapping[str, Any]) -> bool:
+    """Whether the worker that holds `lease` may still be running its trial."""
+    if lease.get("released"):
+        return False
     if lease.get("host") == socket.gethostname():
         try:
             os.kill(int(lease["pid"]), 0)
@@ -138,12 +186,62 @@ def _alive(lease: Mapping[str, Any]) -> bool:
     return time.time() - float(lease.get("time", 0)) < LEASE_TIMEOUT
 
 
-def _write_lease(folder: Path) -> None:
+def _write_lease(folder: Path, **fields: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{LEASE}.{os.getpid()}"
+    tmp = folder / f".{LEASE}.{os.getpid()}.{threading.get_ident()}"
     tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                               "time": time.time()}))
+                               "time": time.time(), **fields}))
     os.replace(tmp, folder / LEASE)
+
+
+class Lease:
+    """This worker's claim on a trial folder, renewed by a thread every `LEASE_RENEW` seconds
+    for as long as the trial runs (tokenizing, a teacher pass, compiling and evaluating
+    included), so no other worker takes a live trial. On exit it is removed (the trial has its
+    outcome) or, after `release()`, marked released: the trial is open and any worker's next
+    start continues it."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.released = folder, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="sweep-lease")
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_RENEW):
+            with contextlib.suppress(OSError):
+                _write_lease(self.folder)
+
+    def release(self) -> None:
+        self.released = True
+
+    def __enter__(self) -> Lease:
+        _write_lease(self.folder)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.released or (exc_type is not None and not issubclass(exc_type, Exception)):
+            _write_lease(self.folder, released=True)  # Ctrl-C twice, SystemExit: still open
+        else:
+            (self.folder / LEASE).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Any:
+    """An exclusive lock on the sweep folder, between workers that share it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(e) or isinstance(e, MemoryError)
 
 
 class PruningHook:
@@ -188,12 +286,17 @@ class Sweep:
 
     def __init__(self, config: ml_collections.ConfigDict, folder: str | Path, *,
                  storage: str | None = None):
-        import optuna
 
         validate(config)  # eval.metric among them: the objective must be a computed metric
         parallel.initialize_distributed(config)
         self.config, self.folder = config, Path(folder).expanduser().absolute()
         self.space = search_space(config)
+        check_in_space(config_values(config, self.space), self.space)
+        if not str(option(config.data, "eval_split", "")):
+            raise UserError("config data.eval_split='': a sweep compares its trials by their "
+                            f"evaluation ({config.eval.metric}), so it needs an evaluation "
+                            "split; name one (data.eval_split, or data.validation_size to carve "
+                            "it from the train split)")
         if config.sweep.sampler not in ("tpe", "random"):
             raise UserError(f"config sweep.sampler={config.sweep.sampler!r}: tpe or random")
         if config.sweep.pruner not in ("median", "hyperband", "none"):
@@ -203,16 +306,14 @@ class Sweep:
         self.study = None
         if not parallel.is_main_process():
             return  # only process 0 talks to Optuna
+        self.shared_storage = bool(storage)
         self.storage = self._storage(storage)
         self.study = optuna.create_study(
             study_name=STUDY, storage=self.storage, load_if_exists=True,
             direction="maximize" if config.eval.metric_mode == "max" else "minimize",
             pruner=self._pruner())
-        # A worker joining a study draws its own random start-up points.
-        self.study.sampler = self._sampler(len(self.study.trials))
 
     def _storage(self, url: str | None) -> Any:
-        import optuna
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
@@ -226,16 +327,20 @@ class Sweep:
         path = str(self.folder / "study.journal")
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
-    def _sampler(self, trials_so_far: int) -> Any:
-        import optuna
+    def _sampler(self, worker: int) -> Any:
+        """A sampler whose random stream is this worker's own (`worker` is its number in the
+        study), so workers started together do not draw the same parameters; TPE treats the
+        trials other workers are running as done (constant liar) and samples away from them."""
 
-        seed = int(self.config.sweep.seed) + trials_so_far
+        entropy = [int(self.config.sweep.seed), worker]
+        if self.shared_storage:  # workers on other machines count their own numbers
+            entropy.append(zlib.crc32(socket.gethostname().encode()))
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         if self.config.sweep.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
     def _pruner(self) -> Any:
-        import optuna
 
         if self.config.sweep.pruner == "none":
             return optuna.pruners.NopPruner()
@@ -258,55 +363,114 @@ class Sweep:
             _broadcast_message(None)  # tells the other processes that the sweep is over
 
     def _lead(self) -> None:
-        import optuna
-        from optuna.study import MaxTrialsCallback
-        from optuna.trial import TrialState
 
-        self._enqueue_config_once()
-        self._recover_dead_trials()
-        target = int(self.config.sweep.trials)
-        if self._finished() >= target:
-            log.info("the study already has %d finished trials", self._finished())
-            return
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study.optimize(
-            self._objective, callbacks=[
-                MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))],
-            gc_after_trial=True)
+        target = int(self.config.sweep.trials)
+        with _locked(self.folder):
+            self._enqueue_config()
+            worker = self._register_worker()
+        self.study.sampler = self._sampler(worker)
+        while (finished := self._finished()) < target:
+            failed = self._count(TrialState.FAIL)
+            if failed > target:
+                raise UserError(f"{failed} trials of the study in {self.folder} failed (see "
+                                "fail_reason in trials.csv): stopping instead of trying more; "
+                                "narrow sweep.space (e.g. lower learning rates)")
+            trial, params = self._next_trial()
+            stopped = trial is not None and self._run(trial, params)
+            self.write_results()
+            if stopped:
+                return
+        log.info("the study has %d finished trials (sweep.trials=%d)", finished, target)
 
     def _follow(self) -> None:
         """Run the trials process 0 announces, until it says the sweep is over."""
         while (message := _broadcast_message(None)) is not None:
             hook = PruningHook(None, self.config.eval.metric, Path(message["workdir"]))
             config = apply_params(self.config, message["params"])
-            train_and_evaluate(config, message["workdir"], hooks=[
-                Hook(hook, every=max(int(config.eval.every_steps), 1))])
+            try:
+                train_and_evaluate(config, message["workdir"], hooks=[
+                    Hook(hook, every=max(int(config.eval.every_steps), 1))])
+            except Exception as e:  # process 0 records the trial; its next message follows
+                if not (isinstance(e, TrainingDiverged) or _out_of_memory(e)):
+                    raise
+
+    def _count(self, *states: Any) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=states))
 
     def _finished(self) -> int:
-        from optuna.trial import TrialState
+        return self._count(TrialState.COMPLETE, TrialState.PRUNED)
 
-        return len(self.study.get_trials(deepcopy=False,
-                                         states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-    def _enqueue_config_once(self) -> None:
-        marker = self.folder / "trial0.enqueued"
+    def _register_worker(self) -> int:
+        """This worker's number in the study (under the folder lock)."""
+        path = self.folder / "workers"
         try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
+            number = int(path.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            number = 0
+        path.write_text(str(number + 1))
+        return number
+
+    def _enqueue_config(self) -> None:
+        """Queue trial 0 (the config's own values) unless it is queued, running or has its
+        outcome (complete, pruned, or diverged: the same config diverges again). Under the
+        folder lock, so workers started together queue it once."""
+        for t in self.study.get_trials(deepcopy=False):
+            if t.user_attrs.get("origin") != CONFIG_ORIGIN:
+                continue
+            if t.state != TrialState.FAIL or t.user_attrs.get("failure") == "diverged":
+                return
         self.study.enqueue_trial(config_values(self.config, self.space),
-                                 user_attrs={"origin": "the config as given"})
+                                 user_attrs={"origin": CONFIG_ORIGIN})
 
-    def _recover_dead_trials(self) -> None:
-        """RUNNING trials whose worker died: marked failed, enqueued again with the same
-        parameters and folder (so the new trial resumes from the dead one's checkpoint)."""
-        from optuna.trial import TrialState
+    def _next_trial(self) -> tuple[Any, dict[str, Any]]:
+        """(trial, its parameters): an open trial nobody runs (its worker was stopped or died),
+        continued under its own number, or a new one. Chosen under the folder lock, so a
+        parameter set is taken by one worker only; a new trial whose parameters another trial
+        already has takes that trial's outcome instead of training (trial None)."""
 
+        with _locked(self.folder):
+            trial = self._claim_open_trial()
+            if trial is None:
+                trial = self.study.ask()
+            params = suggest(trial, self.space)
+            folder = Path(trial.user_attrs.get("workdir")
+                          or self.folder / "trials" / f"{trial.number:04d}")
+            trial.set_user_attr("workdir", str(folder))
+            _write_lease(folder)
+            same = self._same_params(trial.number, params)
+            if same is None:
+                return trial, params
+        (folder / LEASE).unlink(missing_ok=True)
+        trial.set_user_attr("duplicate_of", same.number)
+        log.info("trial %d: the parameters of trial %d (%s), not trained again", trial.number,
+                 same.number, same.state.name.lower())
+        if same.state == TrialState.COMPLETE:
+            self.study.tell(trial, same.value)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        return None, params
+
+    def _same_params(self, number: int, params: Mapping[str, Any]) -> Any:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        for t in self.study.get_trials(deepcopy=False, states=states):
+            if t.number != number and t.params == dict(params):
+                return t
+        return None
+
+    def _claim_open_trial(self) -> Any:
+        """A RUNNING trial whose lease was released (Ctrl-C, SIGTERM) or whose worker died,
+        claimed by writing this worker's lease; RUNNING trials that never wrote a lease and
+        are older than `LEASE_TIMEOUT` are marked failed."""
+
+        now = time.time()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            folder = Path(t.user_attrs.get("workdir", ""))
-            lease_file = folder / LEASE
-            if not t.user_attrs.get("workdir") or not lease_file.is_file():
+            folder = t.user_attrs.get("workdir")
+            lease_file = Path(folder) / LEASE if folder else None
+            if lease_file is None or not lease_file.is_file():
+                started = t.datetime_start.timestamp() if t.datetime_start else now
+                if not folder and now - started > LEASE_TIMEOUT:
+                    self.study.tell(t.number, state=TrialState.FAIL)
                 continue
             try:
                 lease = json.loads(lease_file.read_text())
@@ -314,39 +478,43 @@ class Sweep:
                 continue
             if _alive(lease):
                 continue
-            claimed = folder / f"{LEASE}.claimed.{os.getpid()}"
-            try:
-                os.rename(lease_file, claimed)  # only one worker wins the claim
-            except FileNotFoundError:
-                continue
-            self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            log.warning("trial %d died (pid %s on %s); a new trial continues it in %s, from "
-                        "its newest checkpoint if it saved one", t.number, lease.get("pid"),
-                        lease.get("host"), folder)
-            self.study.enqueue_trial(t.params, user_attrs={"workdir": str(folder),
-                                                           "resumes": t.number,
-                                                           "origin": t.user_attrs.get(
-                                                               "origin", "")})
+            _write_lease(Path(folder))
+            log.warning("trial %d continues (its worker, pid %s on %s, %s) in %s, from its "
+                        "newest checkpoint if it saved one", t.number, lease.get("pid"),
+                        lease.get("host"), "stopped" if lease.get("released") else "died",
+                        folder)
+            return optuna.trial.Trial(self.study, t._trial_id)
+        return None
 
-    def _objective(self, trial: Any) -> float:
-        import optuna
+    def _run(self, trial: Any, params: dict[str, Any]) -> bool:
+        """Train one trial and tell the study its outcome; True when a signal stopped it (the
+        trial stays open, its checkpoint saved, for the next start to continue)."""
 
-        params = suggest(trial, self.space)
-        folder = Path(trial.user_attrs.get("workdir")
-                      or self.folder / "trials" / f"{trial.number:04d}")
-        trial.set_user_attr("workdir", str(folder))
-        _write_lease(folder)
+        folder = Path(trial.user_attrs["workdir"])
         config = apply_params(self.config, params)
-        _broadcast_message({"params": params, "workdir": str(folder)})
         log.info("trial %d: %s", trial.number, params)
         t0 = time.perf_counter()
         hook = PruningHook(trial, self.config.eval.metric, folder)
-        try:
-            results = train_and_evaluate(config, folder, hooks=[
-                Hook(hook, every=max(int(config.eval.every_steps), 1)),
-                Hook(lambda loop: _write_lease(folder), every=config.train.log_every_steps)])
-        finally:
-            (folder / LEASE).unlink(missing_ok=True)
+        with Lease(folder) as lease:
+            _broadcast_message({"params": params, "workdir": str(folder)})
+            try:
+                results = train_and_evaluate(config, folder, hooks=[
+                    Hook(hook, every=max(int(config.eval.every_steps), 1))])
+            except TrainingDiverged as e:
+                self._fail(trial, "diverged", str(e))
+                return False
+            except Exception as e:
+                if _out_of_memory(e):
+                    self._fail(trial, "out of memory", f"{type(e).__name__}: {e}")
+                    return False
+                self._fail(trial, "error", f"{type(e).__name__}: {e}")
+                raise
+            if "stopped" in results:
+                lease.release()
+                log.warning("trial %d stopped (%s) with its checkpoint at step %s; the same "
+                            "command continues it", trial.number, results["stopped"],
+                            results["step"])
+                return True
         seconds = time.perf_counter() - t0
         trial.set_user_attr("seconds", round(seconds, 1))
         trial.set_user_attr("compile_seconds", results.get("compile_seconds"))
@@ -357,22 +525,32 @@ class Sweep:
                  seconds, results.get("compile_seconds") or 0.0)
         if str(results.get("stop_reason", "")).startswith("pruned"):
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-            raise optuna.TrialPruned(results["stop_reason"])
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return False
         trial.set_user_attr("best_step", results.get("best_step"))
         for key in ("accuracy", "f1_macro", "loss"):
             if key in results:
                 trial.set_user_attr(f"final_{key}", results[key])
         self._keep_best(trial.number, results["best_value"], folder)
         # The objective is the best evaluation during the trial: the checkpoint kept for it.
-        return float(results["best_value"])
+        self.study.tell(trial, float(results["best_value"]))
+        return False
+
+    def _fail(self, trial: Any, failure: str, reason: str) -> None:
+        """Record a failed trial with its reason; its checkpoints are of no use to keep."""
+
+        log.warning("trial %d failed (%s): %s", trial.number, failure, reason)
+        trial.set_user_attr("failure", failure)
+        trial.set_user_attr("fail_reason", reason[:2000])
+        shutil.rmtree(Path(trial.user_attrs["workdir"]) / "checkpoints", ignore_errors=True)
+        self.study.tell(trial, state=TrialState.FAIL)
 
     def _keep_best(self, number: int, value: float, folder: Path) -> None:
         """Only the best `sweep.keep` completed trials (this one included) keep checkpoints."""
-        from optuna.trial import TrialState
-
         done = [(t.value, t.number, Path(t.user_attrs["workdir"])) for t in
                 self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "workdir" in t.user_attrs] + [(value, number, folder)]
+                if "workdir" in t.user_attrs and "duplicate_of" not in t.user_attrs
+                and t.number != number] + [(value, number, folder)]
         sign = -1 if self.config.eval.metric_mode == "max" else 1
         for _, _, dropped in sorted(done, key=lambda d: (sign * d[0], d[1]))[
                 int(self.config.sweep.keep):]:
@@ -380,25 +558,39 @@ class Sweep:
 
     # -- results
 
-    def report(self) -> dict[str, Any]:
-        """trials.csv, plots, the best trial (and its score on `sweep.test_split`), a table."""
-        from optuna.trial import TrialState
-
-        if self.study is None:
-            return {}
-
+    def write_results(self) -> tuple[Any, dict[str, Any]]:
+        """trials.csv and best.json as the study stands (after every trial)."""
         frame = self.study.trials_dataframe(attrs=("number", "value", "state", "params",
                                                    "user_attrs", "duration"))
         frame.to_csv(self.folder / "trials.csv", index=False)
         summary: dict[str, Any] = {"trials_csv": str(self.folder / "trials.csv"),
-                                   "metric": self.config.eval.metric}
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if complete:
-            best = self.study.best_trial
+                                   "metric": self.config.eval.metric,
+                                   "finished": self._finished(),
+                                   "failed": self._count(TrialState.FAIL)}
+        best = self._best_trial()
+        if best is not None:
             summary.update(best_trial=best.number, best_value=best.value,
                            best_params=best.params, best_workdir=best.user_attrs["workdir"])
+        (self.folder / "best.json").write_text(json.dumps(summary, indent=2, default=str))
+        return frame, summary
+
+    def _best_trial(self) -> Any:
+        """The best trial that trained (a duplicate's value is its original's), the earliest
+        of equals."""
+        trained = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if "duplicate_of" not in t.user_attrs]
+        sign = -1 if self.config.eval.metric_mode == "max" else 1
+        return min(trained, key=lambda t: (sign * t.value, t.number), default=None)
+
+    def report(self) -> dict[str, Any]:
+        """trials.csv, plots, the best trial (and its score on `sweep.test_split`), a table."""
+        if self.study is None:
+            return {}
+        frame, summary = self.write_results()
+        best = self._best_trial()
+        if best is not None:
             summary["test"] = self._test_score(best)
-        summary["plots"] = self._plots(len(complete))
+        summary["plots"] = self._plots(self._count(TrialState.COMPLETE))
         (self.folder / "best.json").write_text(json.dumps(summary, indent=2, default=str))
         print(self._table(frame, summary))
         return summary
@@ -423,7 +615,6 @@ class Sweep:
 
     def _plots(self, complete: int) -> list[str]:
         import matplotlib
-        import optuna
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -453,12 +644,13 @@ class Sweep:
         cols = ["number", "state", "value"] + [c for c in frame.columns
                                                if c.startswith("params_")]
         extra = [c for c in ("user_attrs_steps", "user_attrs_seconds",
-                             "user_attrs_compile_seconds", "user_attrs_resumes")
-                 if c in frame.columns]
+                             "user_attrs_compile_seconds", "user_attrs_duplicate_of",
+                             "user_attrs_failure") if c in frame.columns]
         shown = frame[cols + extra].rename(columns=lambda c: c.replace("params_", "")
                                            .replace("user_attrs_", ""))
         lines = [f"{len(frame)} trials in {self.folder} ({summary['metric']}, the best "
-                 "evaluation of each trial; 'resumes' = the dead trial it continued)",
+                 "evaluation of each trial; 'duplicate_of': parameters already tried, that "
+                 "trial's outcome; 'failure': see fail_reason in trials.csv)",
                  shown.to_string(index=False, float_format=lambda x: f"{x:.4g}")]
         if "best_trial" in summary:
             lines.append(f"best: trial {summary['best_trial']} {summary['metric']}="
@@ -486,11 +678,20 @@ def run_seeds(config: ml_collections.ConfigDict, folder: str | Path, seeds: int
               ) -> dict[str, Any]:
     """Train `config` with `seeds` seeds (train.seed, +1, ...) in FOLDER/seeds/seedN and report
     each metric as mean +- sample std (ddof=1), min..max, and the ensemble (averaged
-    probabilities of the K final models) on the eval split."""
+    probabilities of the K final models) on the eval split.
+
+    Ctrl-C / SIGTERM stops the seed being trained at a checkpoint and the runner with it (no
+    further seed starts; the summary so far counts the finished seeds only, and no ensemble
+    takes the half-trained model); the same command continues that seed, and finished seeds
+    are not trained again."""
     from flax_sentiment.evaluate import evaluate_ensemble
 
     if seeds < 2:
         raise UserError(f"--seeds {seeds}: need at least 2 seeds for a spread")
+    if not str(option(config.data, "eval_split", "")):
+        raise UserError("config data.eval_split='': --seeds compares and ensembles the final "
+                        "models on the evaluation split; name one (data.eval_split, or "
+                        "data.validation_size to carve it from the train split)")
     folder = Path(folder).expanduser().absolute()
     Workdir(folder).check_usable()
     workdirs, results = [], []
@@ -499,9 +700,19 @@ def run_seeds(config: ml_collections.ConfigDict, folder: str | Path, seeds: int
         workdir = folder / "seeds" / f"seed{seed}"
         run_config = apply_params(config, {"train.seed": seed})
         log.info("seed %d of %d: %s", i + 1, seeds, workdir)
-        results.append(train_and_evaluate(run_config, workdir))
+        result = train_and_evaluate(run_config, workdir)
+        if "stopped" in result:
+            log.warning("stopped in seed %d of %d (%s, checkpoint at step %s); %d seed(s) "
+                        "finished. The same command continues it.", i + 1, seeds,
+                        result["stopped"], result["step"], len(results))
+            partial = seed_summary(results, requested=seeds)
+            partial["stopped"] = {"seed": seed, "step": result["step"]}
+            (folder / "seeds.json").write_text(json.dumps(partial, indent=2))
+            print(format_seed_summary(partial))
+            return partial
+        results.append(result)
         workdirs.append(workdir)
-    summary = seed_summary(results)
+    summary = seed_summary(results, requested=seeds)
     ensemble = evaluate_ensemble(workdirs)
     summary["ensemble"] = {k: ensemble.metrics[k] for k in ("accuracy", "f1_macro", "loss")}
     summary["workdirs"] = [str(w) for w in workdirs]
@@ -523,8 +734,13 @@ def run_seeds(config: ml_collections.ConfigDict, folder: str | Path, seeds: int
     return summary
 
 
-def seed_summary(results: list[Mapping[str, Any]]) -> dict[str, Any]:
+def seed_summary(results: list[Mapping[str, Any]], requested: int | None = None
+                 ) -> dict[str, Any]:
+    """Mean, sample std, min, max of each metric over the finished runs `results` (`seeds`
+    counts them; `requested`, when given, is how many were asked for)."""
     out: dict[str, Any] = {"seeds": len(results)}
+    if requested is not None:
+        out["requested"] = requested
     for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss", "ece"):
         values = np.asarray([float(r[key]) for r in results if key in r])
         if values.size < 2:
@@ -536,7 +752,13 @@ def seed_summary(results: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def format_seed_summary(summary: Mapping[str, Any]) -> str:
-    lines = [f"{summary['seeds']} seeds (final evaluation of each; std is the sample std):"]
+    of = (f" of {summary['requested']}" if summary.get("requested", summary["seeds"])
+          != summary["seeds"] else "")
+    lines = [f"{summary['seeds']}{of} seeds finished (final evaluation of each; std is the "
+             "sample std):"]
+    if "stopped" in summary:
+        lines.append(f"  stopped in seed {summary['stopped']['seed']} at step "
+                     f"{summary['stopped']['step']}: the same command continues it")
     for key, v in summary.items():
         if isinstance(v, dict) and "mean" in v:
             lines.append(f"  {key:<16} {v['mean']:.4f} +- {v['std']:.4f}  "

@@ -109,42 +109,168 @@ def _env():
             "PYTHONUNBUFFERED": "1"}
 
 
-def test_sigkill_then_rerun_finishes_the_study(tiny, tmp_path):
-    """A worker killed in trial 1: the rerun resumes trial 1 from its checkpoint (as a new
-    trial with the same parameters) and finishes; no trial is lost or run twice."""
-    config = _config(tiny, **{"train.max_steps": 40})
-    config.sweep.trials, config.sweep.pruner = 3, "none"
-    config_file = write_config(config, tmp_path / "config.py")
-    folder = tmp_path / "sweep"
-    proc = subprocess.Popen(_sweep_cmd(config_file, folder), cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    target = folder / "trials" / "0001" / "checkpoints" / "8"
+def _start_and_signal(cmd, target, sig):
+    """Start `cmd`, send `sig` once `target` (a checkpoint folder) exists; (returncode, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not target.is_dir():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def _logged_steps(folder):
+    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+def _no_holes(trials, n):
+    """Trials 0..n-1, every one complete: no failed or open trial in the table."""
+    assert [t.number for t in trials] == list(range(n))
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n
+
+
+def test_sigkill_then_rerun_finishes_the_study(tiny, tmp_path):
+    """A worker killed in trial 1: the rerun continues trial 1 itself (same number, from its
+    checkpoint) and finishes the study; no trial is lost, failed or run twice."""
+    config = _config(tiny, **{"train.max_steps": 40})
+    config.sweep.trials, config.sweep.pruner = 3, "none"
+    config_file = write_config(config, tmp_path / "config.py")
+    folder = tmp_path / "sweep"
+    code, _ = _start_and_signal(_sweep_cmd(config_file, folder),
+                                folder / "trials" / "0001" / "checkpoints" / "8", signal.SIGKILL)
+    assert code == -signal.SIGKILL
     rerun = subprocess.run(_sweep_cmd(config_file, folder), cwd=REPO, env=_env(),
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "trial 1 died" in rerun.stderr and "resumed from" in rerun.stderr
+    assert "trial 1 continues" in rerun.stderr and "died" in rerun.stderr
+    assert "resumed from" in rerun.stderr
     trials = _study(folder).trials
-    finished = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(finished) == 3 and [t.number for t in trials] == list(range(len(trials)))
-    dead = trials[1]
-    assert dead.state == TrialState.FAIL
-    resumed = [t for t in finished if t.user_attrs.get("resumes") == 1]
-    assert len(resumed) == 1 and resumed[0].params == dead.params
-    assert resumed[0].user_attrs["workdir"] == dead.user_attrs["workdir"]
-    params = [tuple(t.params.items()) for t in finished]
-    assert len(set(params)) == 3  # nothing ran twice
-    rows = [json.loads(x) for x in (folder / "trials" / "0001" / "metrics.jsonl")
-            .read_text().splitlines()]
-    logged = [r["step"] for r in rows if "train/loss" in r]
+    _no_holes(trials, 3)
+    assert len({tuple(t.params.items()) for t in trials}) == 3  # nothing ran twice
+    logged = _logged_steps(folder / "trials" / "0001")
     assert logged == sorted(set(logged)) and logged[-1] == 40  # resumed, not restarted
-    assert "resumes" in (folder / "trials.csv").read_text().splitlines()[0]
+    assert logged[0] == 2 and 8 in logged
+
+
+def test_sigterm_in_trial_zero_saves_exits_zero_and_the_rerun_continues_it(tiny, tmp_path):
+    """SIGTERM in trial 0 (the config as given): the trial saves its checkpoint, the worker
+    writes the table and exits 0; the trial stays open, so the same command continues trial 0
+    itself from that checkpoint, and the study ends with no hole."""
+    config = _config(tiny, **{"train.max_steps": 40})
+    config.sweep.trials, config.sweep.pruner = 2, "none"
+    config_file = write_config(config, tmp_path / "config.py")
+    folder = tmp_path / "sweep"
+    code, err = _start_and_signal(_sweep_cmd(config_file, folder),
+                                  folder / "trials" / "0000" / "checkpoints" / "8",
+                                  signal.SIGTERM)
+    assert code == 0, err[-3000:]
+    assert "trial 0 stopped" in err and "Traceback" not in err
+    (t0,) = _study(folder).trials
+    assert t0.state == TrialState.RUNNING
+    lease = json.loads((folder / "trials" / "0000" / "lease.json").read_text())
+    assert lease["released"] is True
+    assert "RUNNING" in (folder / "trials.csv").read_text()
+    stopped_at = max(int(p.name) for p in (folder / "trials" / "0000" / "checkpoints").iterdir()
+                     if p.name.isdigit())
+    assert 8 <= stopped_at < 40
+    rerun = subprocess.run(_sweep_cmd(config_file, folder), cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "trial 0 continues" in rerun.stderr and "stopped" in rerun.stderr
+    assert f"resumed from {folder / 'trials' / '0000' / 'checkpoints'} at step {stopped_at}" \
+        in rerun.stderr
+    trials = _study(folder).trials
+    _no_holes(trials, 2)
+    assert trials[0].params == {"train.learning_rate": config.train.learning_rate}
+    assert trials[0].user_attrs["origin"] == "the config as given"
+    logged = _logged_steps(folder / "trials" / "0000")
+    assert logged == sorted(set(logged)) and logged[-1] == 40
+    assert not (folder / "trials" / "0000" / "lease.json").exists()
+    rows = (folder / "trials.csv").read_text().splitlines()
+    assert len(rows) == 3 and "RUNNING" not in "".join(rows)
+
+
+def test_a_diverging_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path):
+    """A trial whose loss turns NaN fails with its reason; the next trials run, and trials.csv
+    and best.json are written after each trial."""
+    config = _config(tiny)
+    config.sweep.space = {"train": {"learning_rate": {"low": 1e-4, "high": 1e31, "log": True}}}
+    config.sweep.trials, config.sweep.pruner = 1, "none"
+    sweep = Sweep(config, tmp_path / "sweep")
+    sweep.study.enqueue_trial({"train.learning_rate": 1e30})  # AdamW steps of 1e30: inf norms
+    written = []
+    report = sweep.write_results
+
+    def spy():
+        out = report()
+        written.append(json.loads((tmp_path / "sweep" / "best.json").read_text()))
+        return out
+
+    sweep.write_results = spy
+    sweep.run()
+    trials = _study(tmp_path / "sweep").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["failure"] == "diverged"
+    assert "training diverged at step" in trials[0].user_attrs["fail_reason"]
+    assert trials[1].params == {"train.learning_rate": config.train.learning_rate}
+    assert [(w["finished"], w["failed"]) for w in written] == [(0, 1), (1, 1)]
+    assert "best_trial" not in written[0] and written[1]["best_trial"] == 1
+    assert not (tmp_path / "sweep" / "trials" / "0000" / "checkpoints").exists()
+    csv = (tmp_path / "sweep" / "trials.csv").read_text()
+    assert "training diverged" in csv and "FAIL" in csv
+
+
+def test_config_outside_the_space_is_refused_before_anything_runs(tiny, tmp_path):
+    config = _config(tiny, **{"train.batch_size": 48})
+    config.sweep.space = {"train": {"batch_size": {"choices": (16, 32, 64)}}}
+    with pytest.raises(UserError, match=r"config train.batch_size=48 is outside "
+                                        r"sweep.space.train.batch_size \(choices \[16, 32, 64\]\)"):
+        Sweep(config, tmp_path / "a")
+    config = _config(tiny, **{"train.learning_rate": 0.5})
+    with pytest.raises(UserError, match=r"train.learning_rate=0.5 is outside "
+                                        r"sweep.space.train.learning_rate \(range"):
+        Sweep(config, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_sweep_without_an_evaluation_split_is_refused(tiny, tmp_path):
+    config = _config(tiny, **{"eval.every_steps": 0})
+    config.data.eval_split = ""
+    with pytest.raises(UserError, match="data.eval_split='': a sweep compares its trials"):
+        Sweep(config, tmp_path / "a")
+    with pytest.raises(UserError, match="data.eval_split='': --seeds compares"):
+        run_seeds(config, tmp_path / "b", 2)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_trial_zero_is_queued_until_it_has_an_outcome(tiny, tmp_path):
+    """A trial 0 that failed for another reason than divergence is queued again; one that
+    completed, is queued or diverged is not."""
+    sweep = Sweep(_config(tiny), tmp_path / "sweep")
+    study, given = sweep.study, {"train.learning_rate": 1e-3}
+
+    def zeros():
+        return [t for t in study.get_trials() if t.user_attrs.get("origin")]
+
+    sweep._enqueue_config()
+    sweep._enqueue_config()  # queued already
+    assert [t.state for t in zeros()] == [TrialState.WAITING]
+    trial = study.ask()
+    assert trial.params == {} and trial.number == 0
+    study.tell(trial, state=TrialState.FAIL)  # e.g. an error, or a crash before training
+    sweep._enqueue_config()
+    assert [t.state for t in zeros()] == [TrialState.FAIL, TrialState.WAITING]
+    assert zeros()[1].system_attrs["fixed_params"] == given
+    trial = study.ask()
+    trial.set_user_attr("failure", "diverged")
+    study.tell(trial, state=TrialState.FAIL)
+    sweep._enqueue_config()
+    assert len(zeros()) == 2  # the config diverges: not queued again
 
 
 def test_two_workers_share_one_study(tiny, tmp_path):
@@ -167,6 +293,10 @@ def test_two_workers_share_one_study(tiny, tmp_path):
                for t in trials) == 1
     folders = {t.user_attrs["workdir"] for t in trials}
     assert len(folders) == len(trials)
+    # Each worker samples from its own stream: no parameters are tried twice.
+    params = [t.params["train.learning_rate"] for t in trials]
+    assert len(set(params)) == len(params), params
+    assert not any("duplicate_of" in t.user_attrs for t in trials)
 
 
 def test_seeds_report_mean_std_and_the_ensemble(tiny, tmp_path):
@@ -213,3 +343,61 @@ def test_two_processes_run_one_sweep(tiny, tmp_path):
         saved = json.loads((folder / "trials" / f"{t.number:04d}" / "eval_results.json")
                            .read_text())
         assert saved["step"] == config.train.max_steps
+
+
+def test_seeds_stop_on_ctrl_c_and_the_same_command_resumes_the_seed(tiny, tmp_path):
+    """Ctrl-C in the second of three seeds: that seed saves, no third seed starts, the summary
+    counts the one finished seed, exit 0; the same command continues the second seed from its
+    checkpoint and then reports all three."""
+    config = _config(tiny, **{"train.max_steps": 40})
+    config_file = write_config(config, tmp_path / "config.py")
+    folder = tmp_path / "seeds"
+    cmd = _sweep_cmd(config_file, folder, "--seeds=3")
+    code, err = _start_and_signal(cmd, folder / "seeds" / "seed1" / "checkpoints" / "8",
+                                  signal.SIGINT)
+    assert code == 0, err[-3000:]
+    assert "stopped in seed 2 of 3" in err and "Traceback" not in err
+    assert not (folder / "seeds" / "seed2").exists()
+    partial = json.loads((folder / "seeds.json").read_text())
+    assert partial["seeds"] == 1 and partial["requested"] == 3
+    assert partial["stopped"]["seed"] == 1 and "ensemble" not in partial
+    assert not (folder / "seeds" / "seed1" / "eval_results.json").exists()
+    rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from" in rerun.stderr
+    assert "3 seeds finished" in rerun.stdout
+    summary = json.loads((folder / "seeds.json").read_text())
+    assert summary["seeds"] == 3 == summary["requested"] and "stopped" not in summary
+    logged = _logged_steps(folder / "seeds" / "seed1")
+    assert logged == sorted(set(logged)) and logged[-1] == 40
+    accuracies = [json.loads((folder / "seeds" / f"seed{s}" / "eval_results.json").read_text())
+                  ["accuracy"] for s in range(3)]
+    assert summary["accuracy"]["values"] == accuracies
+
+
+def test_the_lease_is_renewed_while_a_trial_runs_and_released_on_a_stop(tmp_path, monkeypatch):
+    """The lease stays fresh whatever the trial is doing (a thread renews it, not a train
+    hook), is removed when the trial has its outcome, and marks the trial open for any worker
+    after a stop (released) or a second Ctrl-C."""
+    from flax_sentiment import sweep as sweep_lib
+
+    monkeypatch.setattr(sweep_lib, "LEASE_RENEW", 0.05)
+    folder, read = tmp_path / "t", lambda: json.loads((tmp_path / "t" / "lease.json").read_text())
+    with sweep_lib.Lease(folder):
+        first = read()
+        time.sleep(0.5)  # e.g. tokenizing, compiling or a long evaluation: no step runs
+        assert read()["time"] > first["time"] and sweep_lib._alive(read())
+    assert not (folder / "lease.json").exists()
+    with sweep_lib.Lease(folder) as lease:
+        lease.release()
+    assert read()["released"] and not sweep_lib._alive(read())
+    with pytest.raises(KeyboardInterrupt), sweep_lib.Lease(folder):
+        raise KeyboardInterrupt
+    assert read()["released"]
+    monkeypatch.setattr(sweep_lib, "LEASE_TIMEOUT", 0.1)  # another host's lease: by its age
+    sweep_lib._write_lease(folder)
+    stale = dict(read(), host="elsewhere")
+    assert sweep_lib._alive(stale)
+    time.sleep(0.2)
+    assert not sweep_lib._alive(stale)
