@@ -247,6 +247,23 @@ def _pooling(run: Run) -> str:
     return head_pooling(run.hf_config, option(run.config.model, "pooling", "auto"))
 
 
+def _length_note(run: Run) -> str:
+    """Where texts were cut in training, and how the export's users cut them the same way."""
+    d = run.config.data
+    n, cut = int(d.max_length), str(option(d, "truncation", "head"))
+    text = (f"The model was trained on texts cut to {n} tokens; the tokenizer's "
+            f"`model_max_length` is {n}, so `truncation=True` (as below, and in pipelines) "
+            "cuts there")
+    if cut == "head":
+        return text + ", keeping the start of the text as in training."
+    kept = (f"its first {int(option(d, 'head_tokens', 64))} and last tokens" if cut == "head_tail"
+            else "its last tokens")
+    return (text + f". Training kept {kept} of a longer text; set "
+            f"`tokenizer.truncation_side = \"left\"` to keep the end"
+            + (", or predict with flax-sentiment (`Classifier.from_pretrained`), which reads "
+               "the head+tail cut from config.json." if cut == "head_tail" else "."))
+
+
 def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
                dtype: str = "float32", onnx: bool = False) -> str:
     """README.md for the export of `run` (its step), with `results` (see `evaluate_step`)."""
@@ -291,7 +308,8 @@ def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
     lines += ["", "## Training hyperparameters", "",
               f"From the run's `config.json`; exported step {run.step}.", ""]
     lines += _hyperparameters(run)
-    lines += ["", "## How to use", "", "```python", "from transformers import pipeline", "",
+    lines += ["", "## How to use", "", _length_note(run), "",
+              "```python", "from transformers import pipeline", "",
               f'model_id = "{model_name}"  # this folder, or its hub id once uploaded',
               'classifier = pipeline("text-classification", model=model_id, top_k=None'
               f'{remote})',

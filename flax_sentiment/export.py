@@ -10,6 +10,7 @@ A failed export leaves `output` exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -61,6 +62,31 @@ _STALE_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "archite
                "finetuning_task", "gradient_checkpointing", "_attn_implementation_autoset")
 
 
+# config.json key of an export: the tokenization the model was trained with (max_length,
+# truncation, head_tokens), which `predict.Classifier.from_pretrained` applies. Its tokenizer's
+# model_max_length is the same max_length, so `truncation=True` (pipelines too) cuts where
+# training did; the head+tail cut is ours alone.
+TOKENIZATION_KEY = "flax_sentiment_tokenization"
+
+
+def run_tokenization(data: Any) -> dict[str, Any]:
+    """The tokenization an export records, from a run's `data` config section."""
+    from flax_sentiment.config import option
+
+    return {"max_length": int(data.max_length),
+            "truncation": str(option(data, "truncation", "head")),
+            "head_tokens": int(option(data, "head_tokens", 64))}
+
+
+def with_max_length(tokenizer: Any, tokenization: dict[str, Any] | None) -> Any:
+    """A copy of `tokenizer` whose `model_max_length` is the training length (to be saved)."""
+    if tokenization is None:
+        return tokenizer
+    out = copy.deepcopy(tokenizer)
+    out.model_max_length = int(tokenization["max_length"])
+    return out
+
+
 class ParityError(UserError):
     """The exported PyTorch model does not reproduce our logits (nothing was written)."""
 
@@ -82,7 +108,8 @@ def build_hf_config(hf_config: dict[str, Any], arch: Architecture, label_names: 
     if pooling is None:
         pooling = head_pooling(hf_config)
     kw = {k: v for k, v in hf_config.items()
-          if k not in _STALE_KEYS + ("auto_map", "classifier_pooling") and k != "model_type"}
+          if k not in _STALE_KEYS + ("auto_map", "classifier_pooling", TOKENIZATION_KEY)
+          and k != "model_type"}
     kw.update(remote_code.config_changes(arch, pooling))
     kw.setdefault("architectures", [arch.hf_class])
     labels = [str(n) for n in label_names]
@@ -276,14 +303,16 @@ def _replace(tmp: Path, output: Path) -> None:
 def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokenizer: Any,
               label_names: Sequence[str], output: str | Path, *, dtype: str = "float32",
               overwrite: bool = False, parity_texts: Sequence[str] | None = None,
-              tolerance: float = 1e-4, card: str | None = None, onnx: bool = False
-              ) -> dict[str, Any]:
+              tolerance: float = 1e-4, card: str | None = None, onnx: bool = False,
+              tokenization: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a Hugging Face folder for `model` and prove PyTorch reproduces its logits.
 
     `card` is written as the folder's README.md (see `card.model_card`); `onnx` adds
     `model.onnx`, whose onnxruntime logits must match PyTorch's within `tolerance` (float32
-    compute whatever the storage `dtype`). Returns a report (path, dtype, num_labels,
-    label_names, max_abs_diff, tolerance, files, and `onnx` with its own check).
+    compute whatever the storage `dtype`). `tokenization` (`run_tokenization`) goes into
+    config.json and sets the saved tokenizer's model_max_length. Returns a report (path,
+    dtype, num_labels, label_names, max_abs_diff, tolerance, files, and `onnx` with its own
+    check).
     Raises `UserError` (nothing written) for a non-empty `output` without `overwrite` or a
     missing ONNX package, and `ParityError` when PyTorch's logits differ by more than the
     tolerance, which for 16-bit exports grows with the storage rounding error, or onnxruntime's
@@ -305,6 +334,9 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
     check_output(output, overwrite)
     pooling = model.config.head_pooling
     config = build_hf_config(hf_config, arch, label_names, dtype, pooling)
+    if tokenization is not None:
+        setattr(config, TOKENIZATION_KEY, dict(tokenization))
+    tokenizer = with_max_length(tokenizer, tokenization)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))

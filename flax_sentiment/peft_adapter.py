@@ -184,7 +184,10 @@ def _check_pooling(pooling: str, base: str) -> None:
 
 def export_run_adapter(run: Any, output: str | Path, **options: Any) -> dict[str, Any]:
     """`export_adapter` for a `workdir.Run` (scripts/export.py --adapter)."""
-    return export_adapter(run.model, run.adapters, run.arch, run.tokenizer, run.label_names,
+    from flax_sentiment.export import run_tokenization, with_max_length
+
+    tokenizer = with_max_length(run.tokenizer, run_tokenization(run.config.data))
+    return export_adapter(run.model, run.adapters, run.arch, tokenizer, run.label_names,
                           output, **options)
 
 

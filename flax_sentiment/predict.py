@@ -56,7 +56,13 @@ class Classifier:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: Any = "float32",
                         **kwargs: Any) -> Classifier:
-        """A fine-tuned Hugging Face folder (e.g. our export); labels from its `id2label`."""
+        """A fine-tuned Hugging Face folder (e.g. our export); labels from its `id2label`.
+
+        Texts are cut as the model was trained: our exports record max_length, truncation and
+        head_tokens in config.json (`export.TOKENIZATION_KEY`); for other folders the
+        tokenizer's model_max_length (within the model's positions) from the head, as
+        transformers' pipelines do. `kwargs` override either."""
+        from flax_sentiment.export import TOKENIZATION_KEY
         from flax_sentiment.pretrained import load_pretrained_bundle
 
         bundle = load_pretrained_bundle(name_or_path, dtype=dtype)
@@ -64,7 +70,11 @@ class Classifier:
             raise UserError(f"{name_or_path}: has no sequence-classification head to predict "
                             "with (fine-tune it first, or pass an exported folder)")
         names = bundle.label_names or [f"LABEL_{i}" for i in range(bundle.config.num_labels)]
-        return cls(bundle.model, bundle.tokenizer, names, **kwargs)
+        limit = bundle.config.max_input_length
+        saved = bundle.hf_config.get(TOKENIZATION_KEY) or {
+            "max_length": min(int(getattr(bundle.tokenizer, "model_max_length", 0) or limit),
+                              limit)}
+        return cls(bundle.model, bundle.tokenizer, names, **{**saved, **kwargs})
 
     @classmethod
     def from_workdir(cls, workdir: str | Path, step: int | str | None = None, *,

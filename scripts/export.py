@@ -37,7 +37,7 @@ SAVED = cli.define_workdir_flags()
 def main(argv):
     from flax_sentiment.card import evaluate_step, model_card
     from flax_sentiment.config import option, with_overrides
-    from flax_sentiment.export import check_output, compare_on_split, export_hf
+    from flax_sentiment.export import check_output, compare_on_split, export_hf, run_tokenization
     from flax_sentiment.workdir import load_run
 
     if FLAGS.onnx:  # before any work: a missing package is one line, and nothing is written
@@ -64,7 +64,8 @@ def main(argv):
                       dtype=FLAGS.dtype, onnx=FLAGS.onnx)
     report = export_hf(run.model, run.arch, run.hf_config, run.tokenizer, run.label_names,
                        FLAGS.output, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite,
-                       tolerance=FLAGS.tolerance, card=card, onnx=FLAGS.onnx)
+                       tolerance=FLAGS.tolerance, card=card, onnx=FLAGS.onnx,
+                       tokenization=run_tokenization(run.config.data))
     if FLAGS.compare_split:
         from flax_sentiment.data import load_split, pad_token_id
 

@@ -438,3 +438,55 @@ def test_export_script_refusals(tmp_path):
                          f"--output={tmp_path / 'out'}"])
     assert result.returncode == 2 and "no checkpoints folder" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_export_cuts_long_texts_where_training_did(sst2_rows, tmp_path):
+    """A run trained at 48 tokens with head+tail truncation: its export records both, its
+    tokenizer's model_max_length is 48 (so truncation=True in transformers cuts there), and
+    predicting from the folder equals predicting from the run on texts longer than 128
+    tokens; the model card says how texts were cut."""
+    from flax_sentiment.card import model_card
+    from flax_sentiment.export import TOKENIZATION_KEY, run_tokenization
+    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.workdir import load_run
+    from tests.helpers import tiny_bert, tiny_config
+
+    model_dir = tiny_bert(tmp_path / "model")
+    encoder = T.BertModel.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():  # weights large enough that every token moves the logits
+        for p in encoder.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.3)
+    encoder.save_pretrained(model_dir)
+    config = tiny_config(model_dir, sst2_rows, **{
+        "train.max_steps": 2, "eval.every_steps": 0, "checkpoint.every_steps": 0,
+        "train.learning_rate": 1e-2})
+    config.data.max_length, config.data.truncation, config.data.head_tokens = 48, "head_tail", 16
+    train_and_evaluate(config, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    out = tmp_path / "export"
+    export_hf(run.model, run.arch, run.hf_config, run.tokenizer, run.label_names, out,
+              tokenization=run_tokenization(run.config.data))
+    saved = json.loads((out / "config.json").read_text())[TOKENIZATION_KEY]
+    assert saved == {"max_length": 48, "truncation": "head_tail", "head_tokens": 16}
+    tok = T.AutoTokenizer.from_pretrained(out)
+    assert tok.model_max_length == 48 and run.tokenizer.model_max_length == 512
+    long = [" ".join(export_mod.PARITY_TEXTS * k) for k in (2, 3)] + ["Terrible."]
+    assert min(len(tok(t)["input_ids"]) for t in long[:2]) > 128
+    ours = Classifier.from_workdir(tmp_path / "run").predict_proba(long)
+    exported = Classifier.from_pretrained(out)
+    assert (exported.max_length, exported.truncation, exported.head_tokens) == (48, "head_tail",
+                                                                                16)
+    np.testing.assert_allclose(exported.predict_proba(long), ours, atol=1e-5)
+    at_128 = Classifier.from_pretrained(out, max_length=128, truncation="head")
+    assert np.abs(at_128.predict_proba(long[:2]) - ours[:2]).max() > 1e-4  # the check can fail
+    # transformers cuts the head at the training length (head+tail is ours alone).
+    pipe = T.pipeline("text-classification", model=str(out), top_k=None)
+    got = pipe(long, truncation=True)
+    head = Classifier.from_pretrained(out, truncation="head").predict_proba(long)
+    for row, expected in zip(got, head, strict=True):
+        by_name = {r["label"]: r["score"] for r in row}
+        np.testing.assert_allclose([by_name[n] for n in run.label_names], expected, atol=1e-4)
+    card = model_card(run, [], model_name="export")
+    assert "cut to 48 tokens" in card and "its first 16 and last tokens" in card
