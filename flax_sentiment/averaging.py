@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def choose_steps(workdir: str | Path, *, last: int = 0, best: int = 0,
-                 steps: Sequence[int] = ()) -> list[int]:
+                 steps: Sequence[int] = (), weights: str | None = None) -> list[int]:
     """Checkpoint steps of a run: the given ones, the newest `last`, or the `best` best by the
-    run's eval metric (as logged in metrics.jsonl at each evaluation)."""
+    run's eval metric (as logged in metrics.jsonl at each evaluation) of the `weights` that
+    will be averaged ('raw' or 'ema'; None: the run's eval.weights, as `eval/`)."""
     wd = Workdir(workdir)
     if not wd.checkpoints_dir.is_dir():
         raise UserError(f"{wd.path}: no checkpoints folder (not a training workdir)")
@@ -55,11 +56,15 @@ def choose_steps(workdir: str | Path, *, last: int = 0, best: int = 0,
     config = wd.read_config()
     metric = config.eval.metric if config is not None else "accuracy"
     sign = -1.0 if config is not None and config.eval.metric_mode == "min" else 1.0
-    scores = {r["step"]: r[f"eval/{metric}"] for r in wd.read_metrics()
-              if f"eval/{metric}" in r and r["step"] in have}
+    # `eval/` logs the weights the run is judged by; a run with a moving average also logs
+    # each kind as `eval_raw/` and `eval_ema/`.
+    key, rows = f"eval/{metric}", wd.read_metrics()
+    if weights is not None and any(f"eval_{weights}/{metric}" in r for r in rows):
+        key = f"eval_{weights}/{metric}"
+    scores = {r["step"]: r[key] for r in rows if key in r and r["step"] in have}
     if best > len(scores):
         raise UserError(f"{wd.path}: --best {best} but only {len(scores)} kept checkpoints "
-                        f"have an eval/{metric} ({sorted(scores)}); raise checkpoint.keep or "
+                        f"have an {key} ({sorted(scores)}); raise checkpoint.keep or "
                         "evaluate more often")
     return sorted(sorted(scores, key=lambda s: -sign * scores[s])[:best])
 

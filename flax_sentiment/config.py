@@ -140,11 +140,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.class_weights = ()  # one weight per label, () = all 1
     c.train.seed = 0
     c.train.log_every_steps = 50
-    # Layer-wise learning-rate decay (ELECTRA): the head at train.learning_rate, layer i of L at
-    # layer_decay^(L - i), the embeddings at layer_decay^(L + 1). 1.0 = off.
+    # Layer-wise learning-rate decay: the head at train.learning_rate, layer i of L (0-based) at
+    # layer_decay^(L - i), the embeddings at layer_decay^(L + 1) (ELECTRA's convention is one
+    # power lower for every encoder part; steps.layer_decay_exponents). 1.0 = off.
     c.train.layer_decay = 1.0
     # An exponential moving average of the parameters (bias-corrected), kept in the train state
-    # and evaluated beside them (eval.weights picks which the run is judged by). 0 = off.
+    # and evaluated beside them (eval.weights picks which the run is judged by). Of a LoRA run,
+    # the trainable parameters' average: A and B apart, so its update is EMA(B)·EMA(A). 0 = off.
     c.train.ema_decay = 0.0
     # Distillation: workdirs or Hugging Face folders of trained classifiers with the same labels
     # (several = an ensemble, their softened probabilities averaged). Their logits on the train

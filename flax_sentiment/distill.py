@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -71,20 +72,40 @@ def _check_labels(spec: str, teacher: list[str], student: Sequence[str]) -> None
                     f"data.label_names {list(student)}")
 
 
-def _cache_key(specs: Sequence[str], split: TokenizedSplit, data: ml_collections.ConfigDict
-               ) -> str:
-    """Changes when a teacher (its newest checkpoint), the texts or the tokenization does."""
+def teacher_stamp(spec: str) -> dict[str, Any]:
+    """What makes a teacher the same one later: for a training workdir the checkpoint the spec
+    resolves to now (latest, best or the step; a teacher that trained on is another one) and
+    its weights' choice; for a model folder, hub id or pip folder its files (a hub snapshot's
+    folder names its revision) by name, size and modification time."""
+    from flax_sentiment.sources import resolve
+
+    path, step = parse_teacher(spec)
+    if _is_workdir(path):
+        from flax_sentiment.config import eval_weights
+        from flax_sentiment.workdir import Workdir, _choose_step
+
+        wd = Workdir(Path(path).expanduser())
+        ckpts = wd.checkpoints(read_only=True)
+        try:
+            chosen = _choose_step(ckpts, step, wd.path)
+        finally:
+            ckpts.close()
+        config = wd.read_config()
+        folder = wd.checkpoints_dir / str(chosen)
+        return {"teacher": spec, "workdir": str(wd.path.absolute()), "step": chosen,
+                "weights": eval_weights(config) if config is not None else "raw",
+                "saved_ns": folder.stat().st_mtime_ns if folder.exists() else None}
+    folder = resolve(path)
+    files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in folder.rglob("*") if f.is_file())
+    return {"teacher": spec, "folder": str(folder.absolute()), "files": files}
+
+
+def _cache_key(stamps: Sequence[dict[str, Any]], split: TokenizedSplit,
+               data: ml_collections.ConfigDict) -> str:
+    """Changes when a teacher (`teacher_stamp`), the texts or the tokenization does."""
     h = hashlib.sha256()
-    for spec in specs:
-        path, step = parse_teacher(spec)
-        p = Path(path).expanduser()
-        stamp = ""
-        if _is_workdir(path):  # the checkpoint list: a longer-trained teacher is another one
-            stamp = json.dumps(sorted(x.name for x in (p / "checkpoints").iterdir()))
-        elif p.exists():
-            stamp = json.dumps(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                                      for f in p.iterdir() if f.is_file()))
-        h.update(json.dumps([str(p.absolute()) if p.exists() else path, step, stamp]).encode())
+    h.update(json.dumps(list(stamps), sort_keys=True).encode())
     h.update(json.dumps([data.max_length, data.truncation, data.head_tokens]).encode())
     for text in split.texts:
         h.update(text.encode("utf-8", "surrogatepass") + b"\0")
@@ -93,9 +114,11 @@ def _cache_key(specs: Sequence[str], split: TokenizedSplit, data: ml_collections
 
 def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
                    data: ml_collections.ConfigDict, cache_dir: Path | None, *,
-                   batch_size: int = 128, write_cache: bool = True) -> np.ndarray:
+                   batch_size: int = 128, write_cache: bool = True,
+                   stamps: Sequence[dict[str, Any]] | None = None) -> np.ndarray:
     """float32 `[len(split), len(specs), classes]`: each teacher's logits on `split`'s texts,
-    read from `cache_dir` when this exact set was computed before."""
+    read from `cache_dir` when this exact set was computed before (`stamps`: the teachers'
+    `teacher_stamp`s, computed here when not given)."""
     import jax
 
     if jax.process_count() > 1:  # predict.Classifier batches for one process
@@ -106,7 +129,9 @@ def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
                         f"(data.text_pair_column={data.text_pair_column!r}) is not supported")
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"teacher_logits_{_cache_key(specs, split, data)}.npy"
+        if stamps is None:
+            stamps = [teacher_stamp(s) for s in specs]
+        path = Path(cache_dir) / f"teacher_logits_{_cache_key(stamps, split, data)}.npy"
         if path.is_file():
             cached = np.load(path)
             if cached.shape[:2] == (len(split), len(specs)):

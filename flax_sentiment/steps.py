@@ -61,10 +61,12 @@ _LAYER = re.compile(r"encoder\.layers\.(\d+)\.")
 
 
 def layer_decay_exponents(names: Iterable[str], num_layers: int) -> dict[str, int]:
-    """How many times `train.layer_decay` multiplies each parameter's learning rate (ELECTRA's
-    layer-wise decay): 0 for the head, L - i for layer i of L (the top layer 1), L + 1 for the
-    embeddings. Encoder parameters that several depths share (ALBERT's layer groups, a relative
-    position table, a final norm) learn at the rate of the highest layer that uses them: 1."""
+    """How many times `train.layer_decay` multiplies each parameter's learning rate: 0 for the
+    head, L - i for layer i of L (0-based; the top layer 1), L + 1 for the embeddings. ELECTRA's
+    `_get_layer_lrs` gives every encoder part one more (top layer 2, embeddings L + 2); the
+    recorded recipes were tuned with this convention. Encoder parameters that several depths
+    share (ALBERT's layer groups, a relative position table, a final norm) learn at the rate of
+    the highest layer that uses them: 1."""
     exponents = {}
     for name in names:
         m = _LAYER.match(name)

@@ -46,19 +46,29 @@ from flax_sentiment.workdir import MetricsWriter, Workdir
 log = logging.getLogger(__name__)
 
 # Keys whose change makes a checkpoint meaningless for the new run (other keys may change on
-# resume, e.g. train.max_steps to train longer).
+# resume, e.g. train.max_steps to train longer). The data keys among them change which examples
+# are trained and evaluated on (a carved validation split is drawn with data.seed from
+# data.train_split) or their tokens; eval.weights is compared as resolved ('auto' = 'ema' with
+# an EMA), since the best value so far was measured on those weights.
 RESUME_KEYS = ("model.name_or_path", "data.name_or_path", "data.subset", "data.label_names",
                "data.label_map", "data.text_column", "data.label_column", "data.max_length",
                "data.buckets", "data.pack_length", "train.batch_size", "train.seed",
                "model.reinit_layers", "train.ema_decay", "train.teacher", "model.lora",
-               "data.pack_row_multiple", "data.pack_sampling", "model.pooling")
+               "data.pack_row_multiple", "data.pack_sampling", "model.pooling",
+               "data.seed", "data.truncation", "data.head_tokens", "data.train_split",
+               "data.text_pair_column", "data.eval_split", "data.validation_size",
+               "eval.weights")
 # What keys added since are taken to be in checkpoints that predate them.
 RESUME_DEFAULTS = {"model.reinit_layers": 0, "data.pack_length": 0, "train.ema_decay": 0.0,
                    "data.pack_row_multiple": 1, "data.pack_sampling": "uniform",
                    "model.pooling": "auto",
                    "train.teacher": [],
                    "model.lora": {"rank": None, "alpha": 16.0, "targets": "query_value",
-                                  "dropout": 0.0}}
+                                  "dropout": 0.0},
+                   "data.seed": 0, "data.truncation": "head", "data.head_tokens": 64,
+                   "data.train_split": "train", "data.text_pair_column": "",
+                   "data.eval_split": "validation", "data.validation_size": 0.0,
+                   "eval.weights": "auto"}
 
 
 class TrainingDiverged(UserError):
@@ -252,10 +262,17 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     check_max_length(config, bundle.config)
     bundle.model.encoder.remat = option(config.model, "remat", False)
     bundle.model.encoder.scan = option(config.model, "scan_layers", False)
-    if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
-        log.info("checkpoint head labels %s are used as %s", bundle.label_names, label_names)
     model_def = ModelDef(bundle.model)
     pretrained = ModelDef.params_of(bundle.model)
+    if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
+        ordered = initialization.order_head(pretrained, bundle.label_names, label_names)
+        if ordered is pretrained:
+            log.warning("checkpoint head labels %s are used as %s, in order",
+                        bundle.label_names, label_names)
+        else:
+            log.info("checkpoint head labels %s: outputs reordered by name to %s",
+                     bundle.label_names, label_names)
+        pretrained = ordered
     # LoRA: its targets are checked before the data is read; the frozen base is the pretrained
     # model, on resume too (the checkpoints hold only the head and the adapters).
     lora_spec = lora.spec_from_config(config, model_def.abstract_params())
@@ -264,7 +281,8 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     if resume_step is None:  # checked before the data is read
         initial = initialization.reinit_top_layers(
             pretrained, bundle.config, option(config.model, "reinit_layers", 0), head_seed)
-    splits, train_iter, eval_batches = _load_data(config, bundle.tokenizer, mesh, wd)
+    teachers = [distill.teacher_stamp(spec) for spec in option(t, "teacher", ())]
+    splits, train_iter, eval_batches = _load_data(config, bundle.tokenizer, mesh, wd, teachers)
     total = (t.max_steps if t.max_steps > 0
              else math.ceil(t.num_epochs * train_iter.steps_per_epoch))
 
@@ -283,9 +301,12 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
                 progress={"best_value": None, "best_step": None, "bad_evals": 0})
     if lora_spec is not None:
         loop.meta["lora"] = lora_spec.to_meta(initialization.params_digest(frozen))
+    if teachers:
+        loop.meta["teachers"] = teachers
     if resume_step is not None:
         loop.step, loop.state, extra = checkpoints.restore(steps.abstract_state)  # falls back
         _check_same_base(extra["meta"], loop.meta, config)
+        _check_same_teachers(extra["meta"], loop.meta)
         train_iter.set_state(extra["data"])
         loop.progress = extra["progress"]
         if "init_digest" in extra["meta"]:
@@ -334,6 +355,20 @@ def _check_same_base(saved: dict[str, Any], meta: dict[str, Any],
                         "from (the model changed since); use a new --workdir")
 
 
+def _check_same_teachers(saved: dict[str, Any], meta: dict[str, Any]) -> None:
+    """A distilled run continues only on the soft targets it started with: a teacher workdir
+    that trained on (or a teacher folder whose files changed) would change them mid-run."""
+    for old, new in zip(saved.get("teachers") or [], meta.get("teachers") or [], strict=False):
+        if old != new:
+            what = ("now resolves to step {step}".format(**new) if "step" in new
+                    else "has other files now")
+            was = f" (step {old['step']})" if "step" in old else ""
+            raise UserError(f"cannot resume: config train.teacher {new['teacher']!r} {what}, "
+                            f"not the teacher this run started with{was}; its soft targets "
+                            "would change mid-run. Pin the teacher (DIR@STEP) or use a new "
+                            "--workdir")
+
+
 def _log_trainable(state: TrainState, lora_spec: lora.LoraSpec | None,
                    model_def: ModelDef) -> None:
     """What trains and what its optimizer keeps (the LoRA vs full fine-tuning comparison)."""
@@ -347,16 +382,17 @@ def _log_trainable(state: TrainState, lora_spec: lora.LoraSpec | None,
 
 
 def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh,
-               wd: Workdir | None = None
+               wd: Workdir | None = None, teachers: Sequence[dict[str, Any]] = ()
                ) -> tuple[data.Data, batching.TrainIterator, batching.EvalBatches | None]:
     """Tokenized splits (the train split with its teachers' logits, when distilling), the
     resumable train iterator and the eval batches (this process's rows of each global batch)."""
     splits = data.load_data(config.data, tokenizer)
-    teachers = list(option(config.train, "teacher", ()))
-    if teachers:
+    specs = list(option(config.train, "teacher", ()))
+    if specs:
         logits = distill.teacher_logits(
-            teachers, splits.train, config.data, wd.path if wd is not None else None,
-            batch_size=config.eval.batch_size, write_cache=parallel.is_main_process())
+            specs, splits.train, config.data, wd.path if wd is not None else None,
+            batch_size=config.eval.batch_size, write_cache=parallel.is_main_process(),
+            stamps=list(teachers) or None)
         splits = dataclasses.replace(splits, train=dataclasses.replace(
             splits.train, teacher_logits=logits))
     n_proc, pid = jax.process_count(), jax.process_index()
@@ -469,6 +505,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
         old, new = _get_path(saved_cfg, key), _get_path(config, key)
         old = RESUME_DEFAULTS.get(key) if old is None else old
         new = RESUME_DEFAULTS.get(key) if new is None else new
+        if key == "eval.weights":
+            old, new = eval_weights(saved_cfg), eval_weights(config)
         if old != new:
             raise UserError(f"cannot resume: config {key} is {new!r} but the checkpoint was "
                             f"trained with {old!r} (use a new --workdir, or set it back)")

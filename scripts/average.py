@@ -16,7 +16,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
 flags.DEFINE_list("runs", [], "More workdirs; the same checkpoints of each are averaged too.")
 flags.DEFINE_integer("last", 0, "Average the newest K checkpoints of each run.")
-flags.DEFINE_integer("best", 0, "Average the best K checkpoints of each run (its eval metric).")
+flags.DEFINE_integer("best", 0, "Average the best K checkpoints of each run (its eval metric, "
+                     "of the weights averaged).")
 flags.DEFINE_list("steps", [], "Average these checkpoint steps of each run.")
 flags.DEFINE_string("output", None, "The new workdir (must not exist or be empty).",
                     required=True)
@@ -37,7 +38,8 @@ def main(argv):
         raise UserError(f"--steps {','.join(FLAGS.steps)}: must be step numbers") from None
     sources = []
     for workdir in [FLAGS.workdir, *FLAGS.runs]:
-        chosen = averaging.choose_steps(workdir, last=FLAGS.last, best=FLAGS.best, steps=steps)
+        chosen = averaging.choose_steps(workdir, last=FLAGS.last, best=FLAGS.best, steps=steps,
+                                        weights=FLAGS.weights)
         sources += [(workdir, s) for s in chosen]
     print("averaging " + ", ".join(f"{w} step {s}" for w, s in sources))
     output = averaging.write_average(sources, FLAGS.output, weights=FLAGS.weights)

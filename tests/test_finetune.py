@@ -209,6 +209,64 @@ def test_reinit_top_layers():
     np.testing.assert_array_equal(again["head.dense.kernel"], out["head.dense.kernel"])
 
 
+def test_reinit_draws_its_own_stream_with_modernberts_initialisation(tmp_path):
+    """ModernBERT's top layer and head come back with its own truncated normals (the std of
+    each matrix as torch's `_init_weights` draws it), and none of the draws repeats the fresh
+    head's, which comes from the same seed."""
+    import torch
+    import transformers as T
+
+    folder = tiny_bert(tmp_path / "modernbert", model_type="modernbert")
+    bundle = load_pretrained_bundle(str(folder), num_labels=2, seed=0)
+    cfg = bundle.config
+    params = {k: np.asarray(v) for k, v in ModelDef.params_of(bundle.model).items()}
+    out = {k: np.asarray(v) for k, v in reinit_top_layers(params, cfg, 1, seed=0).items()}
+    torch.manual_seed(0)
+    hf = T.AutoConfig.from_pretrained(folder, num_labels=2)
+    ref = T.ModernBertForSequenceClassification(hf).state_dict()
+    pairs = {"encoder.layers.1.attention.qkv.kernel": "model.layers.1.attn.Wqkv.weight",
+             "encoder.layers.1.attention.out.kernel": "model.layers.1.attn.Wo.weight",
+             "encoder.layers.1.ffn.inner.kernel": "model.layers.1.mlp.Wi.weight",
+             "encoder.layers.1.ffn.outer.kernel": "model.layers.1.mlp.Wo.weight",
+             "head.dense.kernel": "head.dense.weight", "head.out.kernel": "classifier.weight"}
+    r, L = 0.02, 2
+    stds = {"in": r, "out": r / np.sqrt(2 * L), "final": 32 ** -0.5}
+    kinds = dict(zip(pairs, ("in", "out", "in", "out", "out", "final"), strict=True))
+    trunc = 0.8796  # the std of a standard normal cut at +-2
+    for ours, theirs in pairs.items():
+        std = stds[kinds[ours]]
+        tol = 4 / np.sqrt(2 * out[ours].size)  # ~4 sigma of a sample std's relative error
+        for x in (out[ours], ref[theirs].float().numpy()):  # ours and torch's own draws
+            assert np.std(x) == pytest.approx(trunc * std, rel=tol), ours
+            assert np.abs(x).max() <= 2 * std * (1 + 1e-6), ours
+    np.testing.assert_array_equal(out["encoder.layers.0.attention.qkv.kernel"],
+                                  params["encoder.layers.0.attention.qkv.kernel"])
+    for name in ("head.dense.kernel", "head.out.kernel"):  # the fresh head's own draws
+        assert not np.allclose(out[name], params[name]), name
+
+
+def test_a_permuted_head_is_reordered_by_label_name(tiny, tmp_path):
+    """Fine-tuning from a classifier whose labels are the run's in another order: each output
+    keeps its meaning (the head's rows follow the names), so the model predicts as before."""
+    from flax_sentiment.export import export_hf
+    from flax_sentiment.predict import Classifier
+
+    source = load_pretrained_bundle(str(tiny["model"]), num_labels=3, seed=1)
+    export_hf(source.model, source.arch, source.hf_config, source.tokenizer,
+              ["positive", "neutral", "negative"], tmp_path / "clf")
+    names = ["negative", "neutral", "positive"]
+    config = tiny_config(tmp_path / "clf", tiny["data"], **{
+        "data.label_names": tuple(names), "train.max_steps": 1, "train.learning_rate": 1e-12,
+        "eval.every_steps": 0, "checkpoint.every_steps": 0, "train.warmup_steps": 0})
+    config.data.label_map = {"0": "negative", "1": "positive"}
+    train_and_evaluate(config, tmp_path / "run")
+    texts = ["a gorgeous, witty film", "dull and long", "it is a film"]
+    before = Classifier.from_pretrained(tmp_path / "clf").predict_proba(texts)
+    after = Classifier.from_workdir(tmp_path / "run").predict_proba(texts)
+    np.testing.assert_allclose(after, before[:, [2, 1, 0]], atol=1e-6)
+    assert not np.allclose(after, before, atol=1e-3)
+
+
 def test_reinit_refusals(tiny, tmp_path):
     config = tiny_config(tiny["albert"], tiny["data"], **{"model.reinit_layers": 1})
     with pytest.raises(UserError, match="ALBERT.*shares its layer"):
@@ -246,6 +304,27 @@ def test_average_of_last_checkpoints_is_numpys_mean(reference_run, tmp_path):
     assert 0 <= evaluate_checkpoint(out).metrics["accuracy"] <= 1
     with pytest.raises(UserError, match="nothing was written"):
         averaging.write_average([(reference_run, 12)], out)
+
+
+def test_best_checkpoints_are_ranked_by_the_weights_averaged(reference_run, tmp_path):
+    """--best K --weights raw on an EMA run ranks by the raw weights' evaluations, not by
+    `eval/` (the EMA's there)."""
+    import shutil
+
+    from flax_sentiment import averaging
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    steps = averaging.choose_steps(run, last=3)
+    raw, ema = dict(zip(steps, (0.9, 0.5, 0.1), strict=True)), dict(
+        zip(steps, (0.1, 0.5, 0.9), strict=True))
+    with open(run / "metrics.jsonl", "w") as f:
+        for s in steps:
+            f.write(json.dumps({"step": s, "eval/accuracy": ema[s], "eval_raw/accuracy": raw[s],
+                                "eval_ema/accuracy": ema[s]}) + "\n")
+    assert averaging.choose_steps(run, best=1, weights="raw") == [steps[0]]
+    assert averaging.choose_steps(run, best=1, weights="ema") == [steps[2]]
+    assert averaging.choose_steps(run, best=1) == [steps[2]]
 
 
 def test_average_across_runs_needs_the_same_start(tiny, tmp_path):
@@ -376,3 +455,44 @@ def test_distillation_from_a_workdir_teacher(reference_run, tiny, tmp_path, capl
         "train.teacher": (str(reference_run),), "data.label_names": ("bad", "good")})
     with pytest.raises(UserError, match=r"its labels \['negative', 'positive'\] are not"):
         train_and_evaluate(bad, tmp_path / "bad")
+
+
+def test_a_teacher_that_trained_on_refuses_the_students_resume(reference_run, tiny, tmp_path):
+    """A student distilled from a workdir's latest checkpoint: when the teacher has a newer
+    checkpoint, the same spec means other soft targets, so resuming is refused by name."""
+    import shutil
+
+    from tests.helpers import keep_until
+
+    teacher = tmp_path / "teacher"
+    keep_until(reference_run, teacher, 8)
+    config = tiny_config(tiny["model"], tiny["data"], **{
+        "train.teacher": (str(teacher),), "train.max_steps": 2, "eval.every_steps": 0,
+        "checkpoint.every_steps": 0})
+    train_and_evaluate(config, tmp_path / "student")
+    shutil.copytree(reference_run / "checkpoints" / "12", teacher / "checkpoints" / "12")
+    config.train.max_steps = 4
+    import re
+
+    with pytest.raises(UserError, match=re.escape(
+            f"cannot resume: config train.teacher '{teacher}' now resolves to step 12, not the "
+            "teacher this run started with (step 8)")):
+        train_and_evaluate(config, tmp_path / "student")
+
+
+def test_teacher_stamps_change_with_the_teachers_files(tmp_path):
+    """A folder or pip teacher is stamped by its files (a hub id by its snapshot's), so a
+    changed teacher gets new cached logits."""
+    import os
+
+    from flax_sentiment.distill import teacher_stamp
+
+    pip = teacher_stamp(MINILM)
+    assert {"config.json", "model.safetensors"} <= {f[0] for f in pip["files"]}
+    folder = tiny_bert(tmp_path / "teacher")
+    before = teacher_stamp(str(folder))
+    assert teacher_stamp(str(folder)) == before
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert teacher_stamp(str(folder)) != before
+

@@ -302,6 +302,46 @@ def test_a_changed_pack_sampling_refuses_to_resume():
         check_resumable(saved, config)
 
 
+@pytest.mark.parametrize("key,value", [
+    ("data.seed", 1), ("data.truncation", "head_tail"), ("data.head_tokens", 32),
+    ("data.train_split", "validation"), ("data.text_pair_column", "premise"),
+    ("data.eval_split", "test"), ("data.validation_size", 0.1), ("eval.weights", "ema")])
+def test_data_that_changes_the_examples_or_tokens_refuses_to_resume(key, value):
+    """Each of these changes which examples are trained or evaluated on, their tokens, or the
+    weights the best value was measured on; a checkpoint from before a key existed counts as
+    its default."""
+    from flax_sentiment.train import check_resumable
+
+    config = base_config()
+    config.train.ema_decay = 0.99  # eval.weights: 'auto' resolves to 'ema', the same
+    saved = json.loads(config.to_json())
+    check_resumable(saved, config)
+    section, name = key.split(".")
+    del saved[section][name]  # a checkpoint that predates the key
+    check_resumable(saved, config)
+    if key == "eval.weights":
+        config.eval.weights, value = "raw", "raw"
+    else:
+        config[section][name] = value
+    with pytest.raises(UserError, match=f"cannot resume: config {key} is {value!r} but"):
+        check_resumable(saved, config)
+
+
+def test_a_new_data_seed_is_refused_on_a_carved_validation_split(tiny, tmp_path):
+    """The quickstart's case: the evaluation split is carved from train with data.seed, so a
+    resumed run under another seed would evaluate on examples it trained on."""
+    config = tiny_config(tiny["model"], tiny["data"], **{
+        "train.max_steps": 2, "eval.every_steps": 0, "checkpoint.every_steps": 0})
+    config.data.eval_split, config.data.validation_size = "heldout", 32
+    train_and_evaluate(config, tmp_path / "run")
+    config.train.max_steps, config.data.seed = 4, 1
+    with pytest.raises(UserError, match="cannot resume: config data.seed is 1 but the "
+                                        "checkpoint was trained with 0"):
+        train_and_evaluate(config, tmp_path / "run")
+    config.data.seed = 0
+    assert train_and_evaluate(config, tmp_path / "run")["step"] == 4
+
+
 def test_pack_row_multiple_rounds_every_packed_step_up(tiny, tmp_path, monkeypatch):
     """data.pack_row_multiple: every packed step's row count is a multiple of it and of the
     grad_accum_steps multiple (their lcm), so fewer shapes compile; steps still hold
