@@ -110,6 +110,9 @@ def run(main: Callable[[list[str]], None], *, config_flag: str | None = None,
             main(argv)
         except UserError as e:
             fail(str(e))
+        except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and returns)
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
 
     try:
         app.run(guarded, flags_parser=_parse_flags)

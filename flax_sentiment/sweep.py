@@ -331,7 +331,6 @@ class Sweep:
         """A sampler whose random stream is this worker's own (`worker` is its number in the
         study), so workers started together do not draw the same parameters; TPE treats the
         trials other workers are running as done (constant liar) and samples away from them."""
-
         entropy = [int(self.config.sweep.seed), worker]
         if self.shared_storage:  # workers on other machines count their own numbers
             entropy.append(zlib.crc32(socket.gethostname().encode()))
@@ -341,7 +340,6 @@ class Sweep:
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
     def _pruner(self) -> Any:
-
         if self.config.sweep.pruner == "none":
             return optuna.pruners.NopPruner()
         if self.config.sweep.pruner == "hyperband":
@@ -363,7 +361,6 @@ class Sweep:
             _broadcast_message(None)  # tells the other processes that the sweep is over
 
     def _lead(self) -> None:
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         target = int(self.config.sweep.trials)
         with _locked(self.folder):
@@ -538,7 +535,6 @@ class Sweep:
 
     def _fail(self, trial: Any, failure: str, reason: str) -> None:
         """Record a failed trial with its reason; its checkpoints are of no use to keep."""
-
         log.warning("trial %d failed (%s): %s", trial.number, failure, reason)
         trial.set_user_attr("failure", failure)
         trial.set_user_attr("fail_reason", reason[:2000])
