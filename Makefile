@@ -18,11 +18,16 @@ install:
 PYTEST = $(PY) -m pytest -q $(1) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Two pytest workers (xdist), each module on one worker so its fixtures are made once; on
+# 2 cores the tests' compiles and subprocesses overlap (docs/ARCHITECTURE.md, "Tests").
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadscope
+
 test:
-	@$(call PYTEST,-m "not slow" --durations=20)
+	@$(call PYTEST,-m "not slow" $(XDIST) --durations=20)
 
 test-all:
-	@$(call PYTEST,)
+	@$(call PYTEST,$(XDIST) --durations=20)
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -6,10 +6,10 @@ does not pay for JAX and transformers before `host.use_huge_pages` may restart t
 
 import importlib
 
-_EXPORTS = {"Pretrained": "flax_sentiment.pretrained", "UserError": "flax_sentiment.errors",
-            "load_pretrained": "flax_sentiment.pretrained",
-            "load_pretrained_bundle": "flax_sentiment.pretrained",
-            "load_tokenizer": "flax_sentiment.pretrained"}
+_EXPORTS = {"Pretrained": "flax_sentiment.models.pretrained", "UserError": "flax_sentiment.errors",
+            "load_pretrained": "flax_sentiment.models.pretrained",
+            "load_pretrained_bundle": "flax_sentiment.models.pretrained",
+            "load_tokenizer": "flax_sentiment.models.pretrained"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -13,13 +13,14 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from flax_sentiment.batching import DEFAULT_BUCKETS
+from flax_sentiment.data.buckets import DEFAULT_BUCKETS
 from flax_sentiment.errors import UserError
 
 # The scalar metrics of `metrics.compute_metrics`, any of which can be `eval.metric`.
 SCALAR_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro",
                   "precision_weighted", "recall_weighted", "f1_weighted", "loss", "ece")
-# How a packed train step's examples are drawn (`data.pack_sampling`, flax_sentiment/packing.py).
+# How a packed train step's examples are drawn (`data.pack_sampling`,
+# flax_sentiment/data/packing.py).
 PACK_SAMPLINGS = ("uniform", "stratified")
 
 
@@ -40,7 +41,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.truncation = "head"  # 'head' | 'tail' | 'head_tail'
     c.head_tokens = 64  # head_tail: tokens kept from the start, the rest from the end
     c.buckets = tuple(DEFAULT_BUCKETS)
-    # Sequence packing (flax_sentiment/packing.py): rows of this many tokens, each holding
+    # Sequence packing (flax_sentiment/data/packing.py): rows of this many tokens, each holding
     # several examples (a batch is still train.batch_size examples); >= max_length. 0 = off:
     # padded batches in length buckets.
     c.pack_length = 0
@@ -52,7 +53,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.pack_row_multiple = 1
     # How a packed step's examples are drawn: 'uniform' (at random), or 'stratified' (one from
     # each of batch_size length strata, so every step needs the same rows: one compiled shape
-    # instead of five or six on SST-2; flax_sentiment/packing.py).
+    # instead of five or six on SST-2; flax_sentiment/data/packing.py).
     c.pack_sampling = "uniform"
     c.encoding = "utf-8"
     c.seed = 0
@@ -107,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     # checkpoints can be averaged (scripts/average.py).
     c.model.head_seed = 0
     # LoRA: low-rank adapters on chosen linear layers of the frozen encoder, trained with the
-    # head (flax_sentiment/lora.py). rank None = off (every parameter trains).
+    # head (flax_sentiment/models/lora.py). rank None = off (every parameter trains).
     c.model.lora = ml_collections.ConfigDict()
     c.model.lora.rank = placeholder(int)
     c.model.lora.alpha = 16.0  # the adapters' update is scaled by alpha / rank

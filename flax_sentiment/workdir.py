@@ -22,15 +22,16 @@ import jax
 import ml_collections
 from flax import nnx
 
-from flax_sentiment import lora, parallel
-from flax_sentiment.checkpoint import Checkpoints
+from flax_sentiment import parallel
 from flax_sentiment.config import eval_weights, from_dict, option, to_json
 from flax_sentiment.errors import UserError
+from flax_sentiment.models import lora
 from flax_sentiment.models.architectures import Architecture, get_architecture
 from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.pretrained import as_dtype, load_tokenizer
+from flax_sentiment.models.pretrained import as_dtype, load_tokenizer
+from flax_sentiment.training.checkpoint import Checkpoints
 
 log = logging.getLogger(__name__)
 

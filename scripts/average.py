@@ -27,9 +27,9 @@ flags.DEFINE_bool("evaluate", True, "Evaluate the average on the run's eval spli
 
 
 def main(argv):
-    from flax_sentiment import averaging
     from flax_sentiment.errors import UserError
-    from flax_sentiment.evaluate import evaluate_checkpoint
+    from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
+    from flax_sentiment.tuning import averaging
     from flax_sentiment.workdir import Workdir
 
     try:

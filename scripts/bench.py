@@ -8,7 +8,7 @@
 
 Sections (one module each in flax_sentiment/bench/):
   peak           float32 matmul peak (jnp.dot and torch.mm, the better one), the denominator of MFU
-  train          train step throughput, ours (flax_sentiment.steps.Steps) vs PyTorch
+  train          train step throughput, ours (flax_sentiment.training.steps.Steps) vs PyTorch
                  (BertForSequenceClassification-style AutoModel + torch AdamW), float32 and
                  bfloat16 (ours: model.dtype='bfloat16', float32 params; torch: autocast bf16),
                  both in train mode (dropout on); repetitions of A and B alternate so load drifts

@@ -43,8 +43,10 @@ def main(argv: list[str]) -> None:
     import datasets
     from transformers import AutoTokenizer
 
-    from flax_sentiment import batching, data, sources
+    from flax_sentiment import sources
     from flax_sentiment.config import default_data_config
+    from flax_sentiment.data import batching, splits
+    from flax_sentiment.data.buckets import make_buckets
 
     datasets.disable_progress_bars()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -58,18 +60,18 @@ def main(argv: list[str]) -> None:
         config.cache_dir = cache_dir
 
         t0 = time.perf_counter()
-        split = data.load_split(config, tokenizer, args.split)
+        split = splits.load_split(config, tokenizer, args.split)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        split = data.load_split(config, tokenizer, args.split)
+        split = splits.load_split(config, tokenizer, args.split)
         warm = time.perf_counter() - t0
 
-        buckets = batching.make_buckets(config.buckets, config.max_length)
+        buckets = make_buckets(config.buckets, config.max_length)
         bucketed = batching.padding_efficiency(split.lengths, args.batch_size, buckets)
         fixed = batching.padding_efficiency(split.lengths, args.batch_size, [config.max_length])
 
         it = batching.TrainIterator(split, args.batch_size, buckets, seed=0,
-                                pad_id=data.pad_token_id(tokenizer), process_index=0,
+                                pad_id=splits.pad_token_id(tokenizer), process_index=0,
                                 process_count=1)
         shapes, real, padded = set(), 0, 0
         t0 = time.perf_counter()

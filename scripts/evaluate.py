@@ -25,7 +25,7 @@ SAVED = cli.define_workdir_flags()
 
 
 def main(argv):
-    from flax_sentiment.evaluate import evaluate_checkpoint, evaluate_ensemble
+    from flax_sentiment.evaluation.evaluate import evaluate_checkpoint, evaluate_ensemble
 
     options = dict(step=cli.checkpoint_step(), overrides=cli.run_overrides(SAVED),
                    split=FLAGS.split, dtype=FLAGS.dtype)

@@ -9,7 +9,7 @@ the exported step's on --card_splits (default: the run's eval split). --onnx add
 checked against the PyTorch folder with onnxruntime. --compare_split also reports JAX vs
 PyTorch accuracy on a whole split of the run's data (`--config.data.*` chooses other data).
 A LoRA run exports merged like any other; --adapter writes its PEFT adapter folder instead
-(flax_sentiment/peft_adapter.py), checked by loading it with PEFT.
+(flax_sentiment/export/peft.py), checked by loading it with PEFT.
 """
 
 import json
@@ -35,13 +35,18 @@ SAVED = cli.define_workdir_flags()
 
 
 def main(argv):
-    from flax_sentiment.card import evaluate_step, model_card
     from flax_sentiment.config import option, with_overrides
-    from flax_sentiment.export import check_output, compare_on_split, export_hf, run_tokenization
+    from flax_sentiment.export.card import evaluate_step, model_card
+    from flax_sentiment.export.huggingface import (
+        check_output,
+        compare_on_split,
+        export_hf,
+        run_tokenization,
+    )
     from flax_sentiment.workdir import load_run
 
     if FLAGS.onnx:  # before any work: a missing package is one line, and nothing is written
-        from flax_sentiment.onnx_export import require_onnx
+        from flax_sentiment.export.onnx import require_onnx
 
         require_onnx()
     check_output(FLAGS.output, FLAGS.overwrite)
@@ -50,7 +55,7 @@ def main(argv):
     run = load_run(FLAGS.workdir, cli.checkpoint_step(), dtype="float32", **weights)
     config = with_overrides(run.config, overrides)
     if FLAGS.adapter:
-        from flax_sentiment.peft_adapter import export_run_adapter
+        from flax_sentiment.export.peft import export_run_adapter
 
         report = export_run_adapter(run, FLAGS.output, overwrite=FLAGS.overwrite,
                                     tolerance=FLAGS.tolerance, dtype=FLAGS.dtype, onnx=FLAGS.onnx)
@@ -67,7 +72,7 @@ def main(argv):
                        tolerance=FLAGS.tolerance, card=card, onnx=FLAGS.onnx,
                        tokenization=run_tokenization(run.config.data))
     if FLAGS.compare_split:
-        from flax_sentiment.data import load_split, pad_token_id
+        from flax_sentiment.data.splits import load_split, pad_token_id
 
         split = load_split(config.data, run.tokenizer, FLAGS.compare_split)
         report["compare"] = compare_on_split(run.model, report["path"], split,

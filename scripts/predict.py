@@ -34,7 +34,7 @@ def _texts(argv: list[str]) -> list[str]:
 
 
 def main(argv):
-    from flax_sentiment.predict import Classifier
+    from flax_sentiment.evaluation.predict import Classifier
 
     texts = _texts(argv)
     if FLAGS.workdir:

@@ -26,7 +26,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-    from flax_sentiment import sweep
+    from flax_sentiment.tuning import sweep
 
     config = FLAGS.config
     if FLAGS.seeds:

@@ -15,7 +15,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.training.loop import train_and_evaluate
 
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -1,10 +1,22 @@
-"""Shared test setup: offline hub, real data location, small helpers."""
+"""Shared test setup: offline hub, real data location, one compilation cache, small helpers."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One persistent XLA compilation cache for the whole run, made by the first process that loads
+# this file (pytest, or xdist's controller) before JAX starts: the xdist workers and every
+# script a test starts inherit it, so the tiny models' programs compile once per run, not once
+# per process. Every program is kept, however quick to compile. A fresh folder each run: a
+# run's timing does not depend on what an earlier one left.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flax-sentiment-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 from pathlib import Path  # noqa: E402
 
@@ -51,3 +63,8 @@ def reference_run(run_setup):
     workdir = run_setup["root"] / "reference"
     train_script(run_setup["config"], workdir)
     return workdir
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -22,7 +22,7 @@ def tiny_bert(folder: Path, *, dropout: float = 0.1, seed: int = 0, model_type: 
     import torch
     import transformers as T
 
-    from flax_sentiment.pretrained import load_tokenizer
+    from flax_sentiment.models.pretrained import load_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     common = dict(vocab_size=30522, max_position_embeddings=128, num_attention_heads=4,

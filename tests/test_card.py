@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from flax_sentiment.card import (
+from flax_sentiment.config import base_config, minilm_sst2
+from flax_sentiment.export.card import (
     SplitResult,
     base_model_license,
     hub_dataset,
     hub_model_id,
     model_card,
 )
-from flax_sentiment.config import base_config, minilm_sst2
 from flax_sentiment.models.architectures import get_architecture
 from flax_sentiment.workdir import Run
 from tests.conftest import MINILM, SHARED_DATA

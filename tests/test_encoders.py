@@ -12,11 +12,11 @@ import transformers as T
 from flax import nnx
 
 import flax_sentiment as fs
-from flax_sentiment.export import export_hf
+from flax_sentiment.evaluation.predict import Classifier
+from flax_sentiment.export.huggingface import export_hf
 from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.layers import relative_position_index
-from flax_sentiment.predict import Classifier
 from tests.conftest import MINILM
 from tests.test_models import (
     SENTENCES,
@@ -399,8 +399,8 @@ def test_own_tokenizer_trains_predicts_and_exports(model_type, corpus, sst2_rows
     """A tiny model with a tokenizer of its kind (SentencePiece for DeBERTa-v3 and XLM-R, read
     through the `sentencepiece` package from the hub's raw model file): our loader finds the
     right special tokens, and training, prediction and the export work with it."""
-    from flax_sentiment import export as export_mod
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.export import huggingface as export_mod
+    from flax_sentiment.training.loop import train_and_evaluate
     from flax_sentiment.workdir import load_run
     from tests.helpers import tiny_config
 

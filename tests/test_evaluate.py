@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from flax_sentiment.errors import UserError
-from flax_sentiment.evaluate import evaluate_checkpoint
-from flax_sentiment.train import train_and_evaluate
+from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
+from flax_sentiment.training.loop import train_and_evaluate
 from tests.conftest import REPO
 from tests.helpers import run_script, sst2_subset, tiny_bert, tiny_config
 

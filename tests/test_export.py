@@ -11,11 +11,11 @@ import transformers as T
 from flax import nnx
 
 import flax_sentiment as fs
-from flax_sentiment import export as export_mod
-from flax_sentiment.export import ParityError, export_hf, parity_check
+from flax_sentiment.evaluation.predict import Classifier
+from flax_sentiment.export import huggingface as export_mod
+from flax_sentiment.export.huggingface import ParityError, export_hf, parity_check
 from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.weights import iter_params
-from flax_sentiment.predict import Classifier
 from tests.conftest import MINILM
 from tests.test_models import (
     _albert,
@@ -386,7 +386,7 @@ def sst2_rows(tmp_path_factory, shared_data):
                                         "xlm-roberta", "deberta-v2", "modernbert"])
 def test_trained_workdir_exports_with_parity(model_type, sst2_rows, tmp_path):
     """Train a few steps (the head leaves its initial values), export, load in transformers."""
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.training.loop import train_and_evaluate
     from flax_sentiment.workdir import load_run
     from tests.helpers import tiny_bert, tiny_config
 
@@ -418,8 +418,8 @@ def test_trained_workdir_exports_with_parity(model_type, sst2_rows, tmp_path):
     ours_pred = Classifier.from_workdir(workdir).predict(texts)
     assert [p["label"] for p in pipe(texts)] == [p["label"] for p in ours_pred]
     if model_type == "bert":  # the whole validation split through both frameworks
-        from flax_sentiment.data import load_split, pad_token_id
-        from flax_sentiment.export import compare_on_split
+        from flax_sentiment.data.splits import load_split, pad_token_id
+        from flax_sentiment.export.huggingface import compare_on_split
 
         split = load_split(run.config.data, run.tokenizer, "validation")
         result = compare_on_split(run.model, out, split, pad_id=pad_token_id(run.tokenizer))
@@ -445,9 +445,9 @@ def test_export_cuts_long_texts_where_training_did(sst2_rows, tmp_path):
     tokenizer's model_max_length is 48 (so truncation=True in transformers cuts there), and
     predicting from the folder equals predicting from the run on texts longer than 128
     tokens; the model card says how texts were cut."""
-    from flax_sentiment.card import model_card
-    from flax_sentiment.export import TOKENIZATION_KEY, run_tokenization
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.export.card import model_card
+    from flax_sentiment.export.huggingface import TOKENIZATION_KEY, run_tokenization
+    from flax_sentiment.training.loop import train_and_evaluate
     from flax_sentiment.workdir import load_run
     from tests.helpers import tiny_bert, tiny_config
 

@@ -11,11 +11,11 @@ import pytest
 from flax_sentiment import parallel
 from flax_sentiment.config import base_config
 from flax_sentiment.errors import UserError
-from flax_sentiment.initialization import reinit_top_layers
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.pretrained import load_pretrained_bundle
-from flax_sentiment.steps import Steps, distillation_kl, loss_sum
-from flax_sentiment.train import train_and_evaluate
+from flax_sentiment.models.pretrained import load_pretrained_bundle
+from flax_sentiment.training.initialization import reinit_top_layers
+from flax_sentiment.training.loop import train_and_evaluate
+from flax_sentiment.training.steps import Steps, distillation_kl, loss_sum
 from flax_sentiment.workdir import load_run
 from tests.conftest import MINILM
 from tests.helpers import (
@@ -166,7 +166,7 @@ def test_ema_run_reports_both_and_resumes_exactly_after_sigkill(run_setup, tmp_p
     assert {"raw", "ema"} <= saved.keys()
     rows = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_raw/accuracy" in r for r in rows)
-    from flax_sentiment.evaluate import evaluate_checkpoint
+    from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
 
     raw = evaluate_checkpoint(full, overrides={"eval.weights": "raw"})
     assert raw.metrics["loss"] == pytest.approx(saved["raw"]["loss"], rel=1e-5)
@@ -248,8 +248,8 @@ def test_reinit_draws_its_own_stream_with_modernberts_initialisation(tmp_path):
 def test_a_permuted_head_is_reordered_by_label_name(tiny, tmp_path):
     """Fine-tuning from a classifier whose labels are the run's in another order: each output
     keeps its meaning (the head's rows follow the names), so the model predicts as before."""
-    from flax_sentiment.export import export_hf
-    from flax_sentiment.predict import Classifier
+    from flax_sentiment.evaluation.predict import Classifier
+    from flax_sentiment.export.huggingface import export_hf
 
     source = load_pretrained_bundle(str(tiny["model"]), num_labels=3, seed=1)
     export_hf(source.model, source.arch, source.hf_config, source.tokenizer,
@@ -282,7 +282,7 @@ def test_reinit_refusals(tiny, tmp_path):
 
 
 def test_average_of_last_checkpoints_is_numpys_mean(reference_run, tmp_path):
-    from flax_sentiment import averaging
+    from flax_sentiment.tuning import averaging
 
     chosen = averaging.choose_steps(reference_run, last=3)
     assert chosen == [6, 8, 12]  # checkpoints every 4 steps and at the evaluations (6, 12)
@@ -299,7 +299,7 @@ def test_average_of_last_checkpoints_is_numpys_mean(reference_run, tmp_path):
     scored = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
     assert best == [max(scored, key=scored.get)]
     # The average evaluates like any checkpoint and cannot be resumed as a run.
-    from flax_sentiment.evaluate import evaluate_checkpoint
+    from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
 
     assert 0 <= evaluate_checkpoint(out).metrics["accuracy"] <= 1
     with pytest.raises(UserError, match="nothing was written"):
@@ -311,7 +311,7 @@ def test_best_checkpoints_are_ranked_by_the_weights_averaged(reference_run, tmp_
     `eval/` (the EMA's there)."""
     import shutil
 
-    from flax_sentiment import averaging
+    from flax_sentiment.tuning import averaging
 
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
@@ -328,7 +328,7 @@ def test_best_checkpoints_are_ranked_by_the_weights_averaged(reference_run, tmp_
 
 
 def test_average_across_runs_needs_the_same_start(tiny, tmp_path):
-    from flax_sentiment import averaging
+    from flax_sentiment.tuning import averaging
 
     runs = {}
     for name, seed, head in (("a", 0, 0), ("b", 1, 0), ("c", 2, 5)):
@@ -429,9 +429,9 @@ def test_distill_weight_zero_trains_as_without_a_teacher(tiny):
 def test_distillation_from_a_workdir_teacher(reference_run, tiny, tmp_path, caplog):
     """The student's cached teacher logits are the teacher's own predictions on the train
     texts; a second run reads the cache; a teacher with other labels is refused."""
-    from flax_sentiment.data import load_data
-    from flax_sentiment.predict import Classifier
-    from flax_sentiment.pretrained import load_tokenizer
+    from flax_sentiment.data.splits import load_data
+    from flax_sentiment.evaluation.predict import Classifier
+    from flax_sentiment.models.pretrained import load_tokenizer
 
     config = tiny_config(tiny["model"], tiny["data"], **{
         "train.teacher": (str(reference_run),), "train.max_steps": 4,
@@ -485,7 +485,7 @@ def test_teacher_stamps_change_with_the_teachers_files(tmp_path):
     changed teacher gets new cached logits."""
     import os
 
-    from flax_sentiment.distill import teacher_stamp
+    from flax_sentiment.training.distill import teacher_stamp
 
     pip = teacher_stamp(MINILM)
     assert {"config.json", "model.safetensors"} <= {f[0] for f in pip["files"]}

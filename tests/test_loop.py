@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from flax_sentiment import steps as steps_lib
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.train import Hook, train_and_evaluate
+from flax_sentiment.training import steps as steps_lib
+from flax_sentiment.training.loop import Hook, train_and_evaluate
 from flax_sentiment.workdir import Workdir, load_run
 from tests.helpers import sst2_subset, tiny_bert, tiny_config
 
@@ -73,9 +73,9 @@ def test_inference_reads_parameters_only(finished, tmp_path, monkeypatch):
     building an optimizer would raise here. The parameters equal a full restore's."""
     from flax_sentiment import parallel
     from flax_sentiment.config import from_dict
-    from flax_sentiment.evaluate import evaluate_checkpoint
-    from flax_sentiment.export import export_hf
-    from flax_sentiment.predict import Classifier
+    from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
+    from flax_sentiment.evaluation.predict import Classifier
+    from flax_sentiment.export.huggingface import export_hf
 
     # The reference: the whole train state, restored as the training loop restores it.
     run = load_run(finished)

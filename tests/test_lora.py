@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flax_sentiment import lora
 from flax_sentiment.errors import UserError
-from flax_sentiment.lora import Adapters, LoraSpec
+from flax_sentiment.models import lora
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.pretrained import load_pretrained_bundle
-from flax_sentiment.steps import layer_decay_exponents
+from flax_sentiment.models.lora import Adapters, LoraSpec
+from flax_sentiment.models.pretrained import load_pretrained_bundle
+from flax_sentiment.training.steps import layer_decay_exponents
 from tests.conftest import MINILM, REPO
 from tests.helpers import (
     assert_same_run,
@@ -87,7 +87,7 @@ def without_adapters(model, adapters):
 
 
 def _inputs(tokenizer, model):
-    from flax_sentiment.export import PARITY_TEXTS
+    from flax_sentiment.export.huggingface import PARITY_TEXTS
 
     enc = tokenizer(PARITY_TEXTS, padding=True, return_tensors="np")
     ids, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
@@ -103,8 +103,8 @@ def check_adapter_export(name, targets, tmp_path):
     import peft
     import torch
 
-    from flax_sentiment.export import export_hf, load_torch_model, torch_logits
-    from flax_sentiment.peft_adapter import export_adapter, load_peft_model
+    from flax_sentiment.export.huggingface import export_hf, load_torch_model, torch_logits
+    from flax_sentiment.export.peft import export_adapter, load_peft_model
 
     model, adapters, bundle = random_adapters(name, targets, dropout=0.1)
     out = tmp_path / "adapter"
@@ -243,7 +243,7 @@ def lora_config(setup, **overrides):
 @pytest.fixture(scope="module")
 def lora_run(lora_setup):
     """12 steps of LoRA with EMA and layer-wise decay on: the other techniques compose."""
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.training.loop import train_and_evaluate
 
     workdir = lora_setup["root"] / "run"
     config = lora_config(lora_setup, **{"train.ema_decay": 0.9, "train.layer_decay": 0.8})
@@ -259,7 +259,7 @@ def _size(folder):
 def test_lora_trains_and_stores_only_the_head_and_the_adapters(lora_setup, lora_run):
     import orbax.checkpoint as ocp
 
-    from flax_sentiment.checkpoint import Checkpoints
+    from flax_sentiment.training.checkpoint import Checkpoints
     from flax_sentiment.workdir import load_run
 
     base = {k: np.asarray(v) for k, v in ModelDef.params_of(
@@ -306,7 +306,7 @@ def test_trained_run_exports_merged_and_as_a_peft_adapter(lora_run, tmp_path):
 
 
 def test_averaging_lora_checkpoints_averages_the_merged_weights(lora_run, tmp_path):
-    from flax_sentiment.averaging import write_average
+    from flax_sentiment.tuning.averaging import write_average
     from flax_sentiment.workdir import load_run
 
     out = write_average([(lora_run, 8), (lora_run, 12)], tmp_path / "avg", weights="raw")
@@ -318,7 +318,7 @@ def test_averaging_lora_checkpoints_averages_the_merged_weights(lora_run, tmp_pa
 
 
 def test_lora_student_distills_from_a_lora_teacher(lora_setup, lora_run, tmp_path):
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.training.loop import train_and_evaluate
 
     config = lora_config(lora_setup, **{"train.max_steps": 4, "eval.every_steps": 0,
                                         "checkpoint.every_steps": 0})
@@ -333,7 +333,7 @@ def test_a_changed_base_model_is_refused_on_load(lora_setup, tmp_path):
     ones the adapters were trained on."""
     import shutil
 
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.training.loop import train_and_evaluate
     from flax_sentiment.workdir import load_run
 
     model = tmp_path / "model"
@@ -377,7 +377,7 @@ def test_unmerged_adapters_are_the_merged_model_without_dropout(tiny, model_type
     same model (every linear layer adapted; ALBERT's shared and DeBERTa's relative-position
     uses of a layer included), and in train mode with LoRA dropout 0 the same logits as the
     merged model for the same key: the base's own dropout masks are untouched."""
-    from flax_sentiment.lora import LoraLinear
+    from flax_sentiment.models.lora import LoraLinear
 
     merged, adapters, bundle = random_adapters(tiny(model_type), "all")
     ids, mask, types = _inputs(bundle.tokenizer, merged)
@@ -425,8 +425,8 @@ def test_lora_linear_is_peft_with_the_mask_its_key_gives():
     key (the adapters' stream: fold_in(key, ADAPTER_STREAM), then one key a call) and
     `layers.Dropout`'s threshold; the base term is the plain layer's, bit for bit; each call
     (ALBERT reuses layers) draws a new mask; outside `adapter_dropout` nothing is dropped."""
-    from flax_sentiment.lora import LoraLinear
     from flax_sentiment.models.layers import counter_hash_bits
+    from flax_sentiment.models.lora import LoraLinear
 
     rng = np.random.RandomState(0)
     base = nnx.Linear(48, 40, rngs=nnx.Rngs(0))
@@ -454,7 +454,7 @@ def test_lora_linear_is_peft_with_the_mask_its_key_gives():
 
 def _lora_trainer(model_dir, dropout):
     from flax_sentiment.config import base_config
-    from flax_sentiment.steps import Steps
+    from flax_sentiment.training.steps import Steps
 
     bundle = load_pretrained_bundle(model_dir, num_labels=2)
     params = ModelDef.params_of(bundle.model)
@@ -503,8 +503,8 @@ def test_lora_dropout_run_resumes_exactly_and_exports_its_rate(lora_setup, tmp_p
     import logging
 
     caplog.set_level(logging.INFO)
-    from flax_sentiment.peft_adapter import adapter_config
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.export.peft import adapter_config
+    from flax_sentiment.training.loop import train_and_evaluate
     from flax_sentiment.workdir import load_run
 
     config = lora_config(lora_setup, **{"train.max_steps": 8, "eval.every_steps": 4,
@@ -535,7 +535,7 @@ def test_lora_dropout_run_resumes_exactly_and_exports_its_rate(lora_setup, tmp_p
 ])
 def test_bad_lora_config_is_refused_before_anything_is_written(lora_setup, tmp_path, key,
                                                                value, says):
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.training.loop import train_and_evaluate
 
     config = lora_config(lora_setup)
     config.model.lora[key] = value
@@ -546,7 +546,7 @@ def test_bad_lora_config_is_refused_before_anything_is_written(lora_setup, tmp_p
 
 
 def test_reinit_layers_with_lora_is_refused(lora_setup, tmp_path):
-    from flax_sentiment.train import train_and_evaluate
+    from flax_sentiment.training.loop import train_and_evaluate
 
     config = lora_config(lora_setup, **{"model.reinit_layers": 1})
     with pytest.raises(UserError, match="model.reinit_layers=1: must be 0 with LoRA"):
@@ -555,7 +555,7 @@ def test_reinit_layers_with_lora_is_refused(lora_setup, tmp_path):
 
 
 def test_adapter_export_of_a_full_fine_tuning_run_is_refused(tmp_path):
-    from flax_sentiment.peft_adapter import export_adapter
+    from flax_sentiment.export.peft import export_adapter
 
     with pytest.raises(UserError, match="not trained with LoRA"):
         export_adapter(None, None, None, None, LABELS, tmp_path / "out")
@@ -565,7 +565,7 @@ def test_adapter_export_of_a_full_fine_tuning_run_is_refused(tmp_path):
 def test_adapter_export_of_a_mean_pooled_run_is_refused(tiny, tmp_path):
     """PEFT puts the adapter on the base's own (first-token) class: a mean-pooled run's adapter
     would give other logits, so only its merged export is offered."""
-    from flax_sentiment.peft_adapter import export_adapter
+    from flax_sentiment.export.peft import export_adapter
 
     model, adapters, bundle = random_adapters(tiny("bert"), "query_value")
     pooled = ModelDef(fs_classifier(model.config.replace(head_pooling="mean"))).merge(

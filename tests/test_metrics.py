@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from flax_sentiment.metrics import (
+from flax_sentiment.evaluation.metrics import (
     add_counts,
     batch_counts,
     compute_metrics,

@@ -11,8 +11,8 @@ import torch
 import transformers as T
 
 import flax_sentiment as fs
-from flax_sentiment import onnx_export
-from flax_sentiment.export import ONNX_EXAMPLE_TEXTS, ParityError, export_hf
+from flax_sentiment.export import onnx as onnx_export
+from flax_sentiment.export.huggingface import ONNX_EXAMPLE_TEXTS, ParityError, export_hf
 from tests.conftest import MINILM
 from tests.test_export import LABELS, TEXTS, _tiny_bundle
 

@@ -10,10 +10,10 @@ import pytest
 import transformers as T
 
 import flax_sentiment as fs
-from flax_sentiment import batching, packing
-from flax_sentiment.data import TokenizedSplit
+from flax_sentiment.data import batching, packing
+from flax_sentiment.data.splits import TokenizedSplit
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.steps import apply_model, loss_sum, make_model_step, per_example
+from flax_sentiment.training.steps import apply_model, loss_sum, make_model_step, per_example
 from tests.test_encoders import CASES as NEW_CASES
 from tests.test_models import CASES as OLD_CASES
 from tests.test_models import _save

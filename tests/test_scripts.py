@@ -56,7 +56,7 @@ def test_position_limit_matches_transformers(tmp_path):
     import torch
     import transformers
 
-    from flax_sentiment.pretrained import load_pretrained_bundle
+    from flax_sentiment.models.pretrained import load_pretrained_bundle
     from tests.helpers import tiny_bert
 
     folder = tiny_bert(tmp_path / "roberta", model_type="roberta")

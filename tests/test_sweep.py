@@ -13,8 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from flax_sentiment.errors import UserError
-from flax_sentiment.evaluate import evaluate_checkpoint
-from flax_sentiment.sweep import Sweep, run_seeds, search_space
+from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
+from flax_sentiment.tuning.sweep import Sweep, run_seeds, search_space
 from tests.helpers import REPO, sst2_subset, tiny_bert, tiny_config, write_config
 
 LR = {"train": {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}}}
@@ -306,7 +306,7 @@ def test_workers_started_together_never_draw_the_same_parameters(tiny, tmp_path,
     stream.) The two real processes of `test_two_workers_share_one_study` check it end to end."""
     import threading
 
-    from flax_sentiment import sweep as sweep_lib
+    from flax_sentiment.tuning import sweep as sweep_lib
 
     def instant(config, workdir, hooks=()):
         time.sleep(0.02)
@@ -334,7 +334,7 @@ def test_a_parameter_set_is_trained_once_and_repeats_take_its_outcome(tiny, tmp_
     and the study still ends."""
     import threading
 
-    from flax_sentiment import sweep as sweep_lib
+    from flax_sentiment.tuning import sweep as sweep_lib
 
     trained = []
 
@@ -450,7 +450,7 @@ def test_the_lease_is_renewed_while_a_trial_runs_and_released_on_a_stop(tmp_path
     """The lease stays fresh whatever the trial is doing (a thread renews it, not a train
     hook), is removed when the trial has its outcome, and marks the trial open for any worker
     after a stop (released) or a second Ctrl-C."""
-    from flax_sentiment import sweep as sweep_lib
+    from flax_sentiment.tuning import sweep as sweep_lib
 
     monkeypatch.setattr(sweep_lib, "LEASE_RENEW", 0.05)
     folder, read = tmp_path / "t", lambda: json.loads((tmp_path / "t" / "lease.json").read_text())

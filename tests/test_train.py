@@ -12,9 +12,15 @@ from flax_sentiment import parallel
 from flax_sentiment.config import base_config
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.pretrained import load_pretrained_bundle
-from flax_sentiment.steps import Steps, clip_by_global_norm, decay_mask, loss_sum, make_schedule
-from flax_sentiment.train import train_and_evaluate
+from flax_sentiment.models.pretrained import load_pretrained_bundle
+from flax_sentiment.training.loop import train_and_evaluate
+from flax_sentiment.training.steps import (
+    Steps,
+    clip_by_global_norm,
+    decay_mask,
+    loss_sum,
+    make_schedule,
+)
 from tests.helpers import run_script, sst2_subset, tiny_bert, tiny_config
 
 
@@ -288,7 +294,7 @@ def test_bad_config_values(tiny, tmp_path, key, value, message):
 def test_a_changed_pack_sampling_refuses_to_resume():
     """The stratified steps are another data order: a checkpoint made before the key existed
     (uniform draws) resumes under uniform, and is refused under stratified, by name."""
-    from flax_sentiment.train import check_resumable
+    from flax_sentiment.training.loop import check_resumable
 
     config = base_config()
     config.data.pack_length = 66
@@ -310,7 +316,7 @@ def test_data_that_changes_the_examples_or_tokens_refuses_to_resume(key, value):
     """Each of these changes which examples are trained or evaluated on, their tokens, or the
     weights the best value was measured on; a checkpoint from before a key existed counts as
     its default."""
-    from flax_sentiment.train import check_resumable
+    from flax_sentiment.training.loop import check_resumable
 
     config = base_config()
     config.train.ema_decay = 0.99  # eval.weights: 'auto' resolves to 'ema', the same
@@ -346,7 +352,7 @@ def test_pack_row_multiple_rounds_every_packed_step_up(tiny, tmp_path, monkeypat
     """data.pack_row_multiple: every packed step's row count is a multiple of it and of the
     grad_accum_steps multiple (their lcm), so fewer shapes compile; steps still hold
     train.batch_size examples each."""
-    from flax_sentiment import packing
+    from flax_sentiment.data import packing
 
     made = []
 

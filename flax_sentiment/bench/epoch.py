@@ -15,22 +15,22 @@ from typing import Any
 import jax
 import numpy as np
 
-from flax_sentiment import batching
-from flax_sentiment import data as data_lib
 from flax_sentiment.bench.common import Context, log, median, sst2_subset
 from flax_sentiment.bench.runners import make_trainer
 from flax_sentiment.config import default_data_config
+from flax_sentiment.data import batching, splits
+from flax_sentiment.data.buckets import DEFAULT_BUCKETS
 
 
 def sst2_data(args: types.SimpleNamespace, tokenizer: Any, buckets: list[int],
-              workdir: Path) -> data_lib.Data:
+              workdir: Path) -> splits.Data:
     """SST-2's train split (the first --data_limit sentences), tokenized to --seq."""
     cfg = default_data_config()
     cfg.name_or_path = str(sst2_subset(args.data, workdir, args.data_limit))
     cfg.eval_split = ""
     cfg.max_length = args.seq
     cfg.buckets = buckets
-    return data_lib.load_data(cfg, tokenizer)
+    return splits.load_data(cfg, tokenizer)
 
 
 def step_time(trainer: Any, state: Any, batch: dict[str, np.ndarray], reps: int
@@ -55,7 +55,7 @@ def run(ctx: Context) -> dict[str, Any]:
     log(f"\n== SST-2 epoch: bucketed vs fixed padding to {args.seq} "
         f"(batch {args.batch}, model dtype float32)")
     trainer, bundle, params = make_trainer(ctx.folder, "float32", args.batch, 10)
-    data = sst2_data(args, bundle.tokenizer, list(args.buckets or batching.DEFAULT_BUCKETS),
+    data = sst2_data(args, bundle.tokenizer, list(args.buckets or DEFAULT_BUCKETS),
                      ctx.tmp)
     lengths = data.train.lengths
     n = len(lengths)

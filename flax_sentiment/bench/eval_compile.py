@@ -9,22 +9,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from flax_sentiment import batching
 from flax_sentiment.bench.common import Context, log, median
 from flax_sentiment.bench.epoch import sst2_data
 from flax_sentiment.bench.runners import make_trainer
+from flax_sentiment.data import batching
+from flax_sentiment.data.buckets import DEFAULT_BUCKETS, bucket_of
 
 
 def run(ctx: Context) -> dict[str, Any]:
     args = ctx.args
     log(f"\n== eval: batch {args.eval_batch}, per bucket shape (float32)")
     trainer, bundle, params = make_trainer(ctx.folder, "float32", args.batch, 10)
-    data = sst2_data(args, bundle.tokenizer, list(args.buckets or batching.DEFAULT_BUCKETS),
+    data = sst2_data(args, bundle.tokenizer, list(args.buckets or DEFAULT_BUCKETS),
                      ctx.tmp)
     params = trainer.place(params)
     buckets = list(data.buckets)
     used_train = sorted({buckets[b] for b in np.unique(
-        batching.bucket_of(data.train.lengths, buckets))})
+        bucket_of(data.train.lengths, buckets))})
     log(f"{'shape':>12}{'compile s':>11}{'step ms':>10}{'ex/s':>10}")
     rows = {}
     for length in used_train:

@@ -18,11 +18,11 @@ import jax
 import numpy as np
 import optax
 
-from flax_sentiment import batching, packing
 from flax_sentiment.bench.common import Context, log
 from flax_sentiment.bench.runners import make_trainer
-from flax_sentiment.data import TokenizedSplit
-from flax_sentiment.steps import loss_sum
+from flax_sentiment.data import batching, packing
+from flax_sentiment.data.splits import TokenizedSplit
+from flax_sentiment.training.steps import loss_sum
 
 
 def _split(lengths: list[int], vocab: int, seed: int = 0) -> TokenizedSplit:

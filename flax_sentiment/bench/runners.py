@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_sentiment import batching, parallel
+from flax_sentiment import parallel
 from flax_sentiment.config import base_config
+from flax_sentiment.data import batching
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.pretrained import load_pretrained_bundle
-from flax_sentiment.steps import Steps
+from flax_sentiment.models.pretrained import load_pretrained_bundle
+from flax_sentiment.training.steps import Steps
 
 _TRAINERS: dict[tuple, Any] = {}
 
@@ -70,7 +71,7 @@ def xla_flops(compiled: Any) -> float | None:
 
 
 class Ours:
-    """Train steps of `flax_sentiment.steps.Steps` on one fixed batch (placed once)."""
+    """Train steps of `flax_sentiment.training.steps.Steps` on one fixed batch (placed once)."""
 
     def __init__(self, folder: Path, dtype: str, batch: dict[str, np.ndarray], steps: int,
                  remat: bool = False, scan: bool = False):

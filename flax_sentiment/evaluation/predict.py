@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from flax_sentiment import batching, parallel
-from flax_sentiment.batching import DEFAULT_BUCKETS, make_buckets
-from flax_sentiment.data import TokenizedSplit, tokenize_texts
+from flax_sentiment import parallel
+from flax_sentiment.data import batching
+from flax_sentiment.data.buckets import DEFAULT_BUCKETS, make_buckets
+from flax_sentiment.data.splits import TokenizedSplit, tokenize_texts
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.steps import Steps
+from flax_sentiment.training.steps import Steps
 
 
 class Classifier:
@@ -62,8 +63,8 @@ class Classifier:
         head_tokens in config.json (`export.TOKENIZATION_KEY`); for other folders the
         tokenizer's model_max_length (within the model's positions) from the head, as
         transformers' pipelines do. `kwargs` override either."""
-        from flax_sentiment.export import TOKENIZATION_KEY
-        from flax_sentiment.pretrained import load_pretrained_bundle
+        from flax_sentiment.export.huggingface import TOKENIZATION_KEY
+        from flax_sentiment.models.pretrained import load_pretrained_bundle
 
         bundle = load_pretrained_bundle(name_or_path, dtype=dtype)
         if bundle.fresh_head:

@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from flax_sentiment.data import TokenizedSplit
+from flax_sentiment.data.splits import TokenizedSplit
 from flax_sentiment.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _is_workdir(path: str) -> bool:
 def load_teacher(spec: str, data: ml_collections.ConfigDict, batch_size: int):
     """A `predict.Classifier` for one teacher: a training workdir (its own tokenizer and
     weights, per its eval.weights) or a folder / hub id with a classification head."""
-    from flax_sentiment.predict import Classifier
+    from flax_sentiment.evaluation.predict import Classifier
 
     path, step = parse_teacher(spec)
     options = dict(batch_size=batch_size, max_length=data.max_length,

@@ -31,14 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flax_sentiment import batching
-from flax_sentiment.batching import Batch, TrainIterator, _local_rows
 from flax_sentiment.config import PACK_SAMPLINGS, option
+from flax_sentiment.data import batching
+from flax_sentiment.data.batching import Batch, TrainIterator, _local_rows
+from flax_sentiment.data.buckets import make_buckets
 from flax_sentiment.errors import UserError
 from flax_sentiment.parallel import round_up
 
 if TYPE_CHECKING:
-    from flax_sentiment.data import TokenizedSplit
+    from flax_sentiment.data.splits import TokenizedSplit
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def eval_batches(split: TokenizedSplit, data_config: Any, batch_size: int, *, pa
         return PackedEvalBatches(split, eval_rows(batch_size, pack, mean, multiple), pack,
                                  pad_id=pad_id, process_index=process_index,
                                  process_count=process_count)
-    buckets = batching.make_buckets(data_config.buckets, int(data_config.max_length))
+    buckets = make_buckets(data_config.buckets, int(data_config.max_length))
     return batching.EvalBatches(split, round_up(batch_size, multiple), buckets,
                                 pad_id=pad_id, process_index=process_index,
                                 process_count=process_count)

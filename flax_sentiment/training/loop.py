@@ -32,15 +32,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from flax_sentiment import batching, data, distill, initialization, lora, packing, parallel
-from flax_sentiment import metrics as metrics_lib
-from flax_sentiment.checkpoint import Checkpoints
+from flax_sentiment import parallel
 from flax_sentiment.config import eval_weights, option, to_json, validate
+from flax_sentiment.data import batching, packing
+from flax_sentiment.data import splits as splits_lib
 from flax_sentiment.errors import UserError
+from flax_sentiment.evaluation import metrics as metrics_lib
+from flax_sentiment.models import lora
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.pretrained import load_pretrained_bundle
-from flax_sentiment.steps import Steps, TrainState
+from flax_sentiment.models.pretrained import load_pretrained_bundle
+from flax_sentiment.training import distill, initialization
+from flax_sentiment.training.checkpoint import Checkpoints
+from flax_sentiment.training.steps import Steps, TrainState
 from flax_sentiment.workdir import MetricsWriter, Workdir
 
 log = logging.getLogger(__name__)
@@ -383,10 +387,10 @@ def _log_trainable(state: TrainState, lora_spec: lora.LoraSpec | None,
 
 def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.sharding.Mesh,
                wd: Workdir | None = None, teachers: Sequence[dict[str, Any]] = ()
-               ) -> tuple[data.Data, batching.TrainIterator, batching.EvalBatches | None]:
+               ) -> tuple[splits_lib.Data, batching.TrainIterator, batching.EvalBatches | None]:
     """Tokenized splits (the train split with its teachers' logits, when distilling), the
     resumable train iterator and the eval batches (this process's rows of each global batch)."""
-    splits = data.load_data(config.data, tokenizer)
+    splits = splits_lib.load_data(config.data, tokenizer)
     specs = list(option(config.train, "teacher", ()))
     if specs:
         logits = distill.teacher_logits(

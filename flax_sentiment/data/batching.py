@@ -11,40 +11,22 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flax_sentiment.data.buckets import bucket_of
 from flax_sentiment.errors import UserError
 
 if TYPE_CHECKING:  # data builds on this module; only the type is needed here
     import jax
 
-    from flax_sentiment.data import TokenizedSplit
+    from flax_sentiment.data.splits import TokenizedSplit
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
-
-# Fine steps at the short end: SST-2/tweets are mostly < 32 tokens, where coarse buckets waste most.
-DEFAULT_BUCKETS = (6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-
-
-def make_buckets(buckets: Iterable[int], max_length: int) -> list[int]:
-    """Sorted bucket lengths clipped to `max_length`, which is always the last bucket."""
-    kept = sorted({int(b) for b in buckets if 0 < int(b) < int(max_length)})
-    return kept + [int(max_length)]
-
-
-def bucket_of(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
-    """Index of the smallest bucket >= each length."""
-    ids = np.searchsorted(np.asarray(buckets), lengths, side="left")
-    if ids.size and ids.max() >= len(buckets):
-        raise ValueError(f"an example of {int(lengths.max())} tokens is longer than the largest "
-                         f"bucket {buckets[-1]}")
-    return ids
-
 
 def _local_rows(batch_size: int, process_index: int | None,
                 process_count: int | None) -> slice:

@@ -304,8 +304,8 @@ def load_base(name_or_path: str, abstract: Mapping[str, Any], num_labels: int,
               digest: str | None) -> Params:
     """The frozen base of a LoRA run, read from `model.name_or_path` again and checked against
     the digest recorded at training (a changed or moved model is a clear error)."""
-    from flax_sentiment.initialization import params_digest
-    from flax_sentiment.pretrained import load_pretrained_bundle
+    from flax_sentiment.models.pretrained import load_pretrained_bundle
+    from flax_sentiment.training.initialization import params_digest
 
     why = ("a LoRA run stores only its adapters and head; its frozen weights are read from "
            f"model.name_or_path={name_or_path!r}")

@@ -9,27 +9,27 @@ A failed export leaves `output` exactly as it was.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
 import math
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flax_sentiment import remote_code
-from flax_sentiment.batching import DEFAULT_BUCKETS, EvalBatches, make_buckets
+from flax_sentiment.data.batching import EvalBatches
+from flax_sentiment.data.buckets import DEFAULT_BUCKETS, make_buckets
 from flax_sentiment.errors import UserError
+from flax_sentiment.export import remote_code
+from flax_sentiment.export.pytorch import ParityError, load_torch_model, torch_logits
 from flax_sentiment.models.architectures import Architecture
+from flax_sentiment.models.pretrained import head_pooling
 from flax_sentiment.models.weights import export_state_dict
-from flax_sentiment.pretrained import head_pooling
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ def with_max_length(tokenizer: Any, tokenization: dict[str, Any] | None) -> Any:
     out = copy.deepcopy(tokenizer)
     out.model_max_length = int(tokenization["max_length"])
     return out
-
-
-class ParityError(UserError):
-    """The exported PyTorch model does not reproduce our logits (nothing was written)."""
 
 
 def effective_tolerance(tolerance: float, dtype: str, logits: np.ndarray) -> float:
@@ -147,57 +143,6 @@ def _save_weights(state: dict[str, np.ndarray], path: Path, dtype: str) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-@contextlib.contextmanager
-def _transformers_log() -> Iterator[list[str]]:
-    """Collect transformers' warnings (the load report) and silence its progress bars."""
-    from transformers.utils import logging as tlog
-
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    bars = tlog.is_progress_bar_enabled()
-    tlog.disable_progress_bar()
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        if bars:
-            tlog.enable_progress_bar()
-
-
-def load_torch_model(folder: Path) -> Any:
-    """The exported folder as transformers loads it (float32); any key problem is an error."""
-    from transformers import AutoModelForSequenceClassification
-
-    config = json.loads((Path(folder) / "config.json").read_text())
-    if config.get("auto_map") and not remote_code.is_ours(folder, config):
-        raise ParityError(f"{folder}: its config.json maps to modeling code that is not "
-                          f"flax-sentiment's {remote_code.FILE}; it is not run here")
-    with _transformers_log() as messages:
-        import torch
-
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), dtype=torch.float32, output_loading_info=True,
-            trust_remote_code=bool(config.get("auto_map")))
-    problems = {k: sorted(v) for k, v in info.items() if v}
-    reported = [m for m in messages
-                if any(w in m.lower() for w in ("missing", "unexpected", "newly initialized",
-                                                "not used", "mismatch"))]
-    if problems or reported:
-        detail = "; ".join(f"{k}: {v[:5]}" for k, v in problems.items()) or reported[0]
-        raise ParityError(f"{folder}: transformers did not load the export cleanly ({detail})")
-    if type(model).__name__ != config["architectures"][0]:
-        raise ParityError(f"{folder}: transformers built {type(model).__name__}, expected "
-                          f"{config['architectures'][0]}")
-    return model.eval()
-
-
 def _max_tokens(model: Any, tokenizer: Any) -> int:
     limit = model.config.max_input_length
     return int(min(limit, getattr(tokenizer, "model_max_length", None) or limit))
@@ -226,19 +171,6 @@ def parity_logits(model: Any, folder: Path, tokenizer: Any = None,
                       dtype=np.float32)
     theirs = torch_logits(load_torch_model(folder), ids, mask, types)
     return ours, theirs
-
-
-def torch_logits(torch_model: Any, ids: np.ndarray, mask: np.ndarray,
-                 types: np.ndarray | None) -> np.ndarray:
-    """float32 logits of a transformers model on numpy inputs (no gradients)."""
-    import torch
-
-    kw = {"input_ids": torch.from_numpy(ids.astype(np.int64)),
-          "attention_mask": torch.from_numpy(mask.astype(np.int64))}
-    if types is not None:
-        kw["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
-    with torch.no_grad():
-        return torch_model(**kw).logits.float().numpy()
 
 
 def parity_check(model: Any, folder: Path, tokenizer: Any = None,
@@ -319,7 +251,7 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
     differ from PyTorch's.
     """
     if onnx:
-        from flax_sentiment.onnx_export import require_onnx
+        from flax_sentiment.export.onnx import require_onnx
 
         require_onnx()
     if dtype not in EXPORT_DTYPES:
@@ -366,7 +298,7 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
             (tmp / "README.md").write_text(card)
         onnx_report = None
         if onnx:
-            from flax_sentiment.onnx_export import export_onnx
+            from flax_sentiment.export.onnx import export_onnx
 
             try:
                 onnx_report = export_onnx(tmp, reloaded, texts,
@@ -402,7 +334,7 @@ def compare_on_split(model: Any, folder: Path, split: Any, *, batch_size: int = 
     """
     from flax_sentiment import parallel
     from flax_sentiment.models.functional import ModelDef
-    from flax_sentiment.steps import Steps
+    from flax_sentiment.training.steps import Steps
 
     torch_model = load_torch_model(Path(folder))
     mesh = parallel.make_mesh()

@@ -17,13 +17,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from flax_sentiment import data as data_lib
-from flax_sentiment import metrics as metrics_lib
-from flax_sentiment import packing, parallel
+from flax_sentiment import parallel
 from flax_sentiment.config import option, with_overrides
+from flax_sentiment.data import packing, splits
 from flax_sentiment.errors import UserError
+from flax_sentiment.evaluation import metrics as metrics_lib
 from flax_sentiment.models.functional import ModelDef
-from flax_sentiment.steps import Steps
+from flax_sentiment.training.steps import Steps
 from flax_sentiment.workdir import Workdir, load_run
 
 
@@ -84,7 +84,7 @@ class Report:
     def plot_all(self, folder: str | Path) -> list[Path]:
         """Confusion matrix, PR curves, reliability diagram and (if the run logged them)
         training curves, as PNGs named after `stem` in `folder`."""
-        from flax_sentiment import plots
+        from flax_sentiment.evaluation import plots
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -132,12 +132,12 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
         raise UserError("no split to evaluate: the run has no data.eval_split; pass a split "
                         "(--split NAME)")
     with parallel.compilation_cache(str(option(config, "compilation_cache_dir", ""))):
-        examples = data_lib.load_split(config.data, run.tokenizer, split)
+        examples = splits.load_split(config.data, run.tokenizer, split)
         if len(examples) == 0:
             raise UserError(f"split {split!r} of {config.data.name_or_path} is empty")
         mesh = parallel.make_mesh()
         batches = packing.eval_batches(examples, config.data, config.eval.batch_size,
-                                       pad_id=data_lib.pad_token_id(run.tokenizer),
+                                       pad_id=splits.pad_token_id(run.tokenizer),
                                        multiple=mesh.devices.size)
         num_labels = len(run.label_names)
         steps = Steps(ModelDef(run.model), num_labels, mesh)
@@ -200,7 +200,7 @@ def ensemble_of(reports: Sequence[Report]) -> Report:
                                ensemble=[str(r.workdir) for r in reports])
 
 
-def _predictions_frame(examples: data_lib.TokenizedSplit, probabilities: np.ndarray,
+def _predictions_frame(examples: splits.TokenizedSplit, probabilities: np.ndarray,
                        predicted: np.ndarray, label_names: list[str]) -> Any:
     import pandas as pd
 

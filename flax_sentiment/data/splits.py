@@ -18,10 +18,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from flax_sentiment.batching import DEFAULT_BUCKETS, make_buckets
 from flax_sentiment.config import option
+from flax_sentiment.data.buckets import DEFAULT_BUCKETS, make_buckets
+from flax_sentiment.data.loading import SplitLoader
 from flax_sentiment.errors import UserError
-from flax_sentiment.loading import SplitLoader
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,13 @@ import numpy as np
 import optax
 from flax import struct
 
-from flax_sentiment import batching, parallel
-from flax_sentiment import metrics as metrics_lib
+from flax_sentiment import parallel
 from flax_sentiment.config import option
+from flax_sentiment.data import batching
 from flax_sentiment.errors import UserError
-from flax_sentiment.lora import LoraSpec, adapter_dropout, unmerged
+from flax_sentiment.evaluation import metrics as metrics_lib
 from flax_sentiment.models.functional import ModelDef, Params
+from flax_sentiment.models.lora import LoraSpec, adapter_dropout, unmerged
 from flax_sentiment.models.packing import PackedRows
 
 Batch = dict[str, jax.Array]

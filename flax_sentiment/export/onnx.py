@@ -145,7 +145,7 @@ def export_onnx(folder: Path, tokenizer: Any, texts: Sequence[str], *, max_lengt
     runs a batch size and length the export never saw. Raises `export.ParityError` on a
     mismatch; the caller removes the folder.
     """
-    from flax_sentiment.export import ParityError, load_torch_model, torch_logits
+    from flax_sentiment.export.pytorch import ParityError, load_torch_model, torch_logits
 
     folder = Path(folder)
     torch_model = load_torch_model(folder)

@@ -28,8 +28,8 @@ import numpy as np
 
 from flax_sentiment import sources
 from flax_sentiment.errors import UserError
-from flax_sentiment.lora import HEAD, Adapters
 from flax_sentiment.models.architectures import Architecture
+from flax_sentiment.models.lora import HEAD, Adapters
 from flax_sentiment.models.weights import checkpoint_name
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def check_keys(peft_model: Any, folder: Path) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.numpy import load_file
 
-    from flax_sentiment.export import ParityError
+    from flax_sentiment.export.huggingface import ParityError
 
     expected = set(get_peft_model_state_dict(peft_model))
     written = set(load_file(str(folder / WEIGHTS)))
@@ -172,7 +172,7 @@ def _check_pooling(pooling: str, base: str) -> None:
     """PEFT loads the adapter onto the base's own transformers class, which pools as the base's
     config says: a run that pooled otherwise (config model.pooling) exports merged only."""
     from flax_sentiment import sources
-    from flax_sentiment.pretrained import head_pooling, read_hf_config
+    from flax_sentiment.models.pretrained import head_pooling, read_hf_config
 
     own = head_pooling(read_hf_config(sources.resolve(base)))
     if pooling != own:
@@ -184,7 +184,7 @@ def _check_pooling(pooling: str, base: str) -> None:
 
 def export_run_adapter(run: Any, output: str | Path, **options: Any) -> dict[str, Any]:
     """`export_adapter` for a `workdir.Run` (scripts/export.py --adapter)."""
-    from flax_sentiment.export import run_tokenization, with_max_length
+    from flax_sentiment.export.huggingface import run_tokenization, with_max_length
 
     tokenizer = with_max_length(run.tokenizer, run_tokenization(run.config.data))
     return export_adapter(run.model, run.adapters, run.arch, tokenizer, run.label_names,
@@ -197,7 +197,12 @@ def export_adapter(model: Any, adapters: Adapters | None, arch: Architecture, to
                    dtype: str = "float32", onnx: bool = False) -> dict[str, Any]:
     """Write the PEFT adapter folder of a LoRA run (`model` is its merged model, the reference
     PEFT's logits must match within `tolerance`). Nothing is written on any failure."""
-    from flax_sentiment.export import PARITY_TEXTS, ParityError, check_output, torch_logits
+    from flax_sentiment.export.huggingface import (
+        PARITY_TEXTS,
+        ParityError,
+        check_output,
+        torch_logits,
+    )
 
     if adapters is None:
         raise UserError("--adapter: this run was not trained with LoRA (model.lora.rank is "

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flax_sentiment import remote_code
 from flax_sentiment.config import option
-from flax_sentiment.pretrained import head_pooling
+from flax_sentiment.export import remote_code
+from flax_sentiment.models.pretrained import head_pooling
 from flax_sentiment.sources import PIP_PREFIX
 from flax_sentiment.workdir import Run, Workdir
 
@@ -116,7 +116,7 @@ def evaluate_step(run: Run, splits: Sequence[str],
     is the evaluation of this very step and split, with the run's own data and weights (no
     `data.*` or `eval.weights` override), else evaluated now."""
     from flax_sentiment.config import with_overrides
-    from flax_sentiment.evaluate import evaluate_checkpoint
+    from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
 
     overrides = dict(overrides or {})
     config = with_overrides(run.config, overrides)

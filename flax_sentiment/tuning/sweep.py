@@ -49,7 +49,7 @@ from optuna.trial import TrialState
 from flax_sentiment import parallel
 from flax_sentiment.config import option, validate
 from flax_sentiment.errors import UserError
-from flax_sentiment.train import Hook, Loop, TrainingDiverged, train_and_evaluate
+from flax_sentiment.training.loop import Hook, Loop, TrainingDiverged, train_and_evaluate
 from flax_sentiment.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -600,7 +600,7 @@ class Sweep:
                         "scripts/evaluate.py --workdir %s --best --split %s", split,
                         best.user_attrs["workdir"], split)
             return None
-        from flax_sentiment.evaluate import evaluate_checkpoint
+        from flax_sentiment.evaluation.evaluate import evaluate_checkpoint
 
         try:
             report = evaluate_checkpoint(best.user_attrs["workdir"], step="best", split=split)
@@ -680,7 +680,7 @@ def run_seeds(config: ml_collections.ConfigDict, folder: str | Path, seeds: int
     further seed starts; the summary so far counts the finished seeds only, and no ensemble
     takes the half-trained model); the same command continues that seed, and finished seeds
     are not trained again."""
-    from flax_sentiment.evaluate import evaluate_ensemble
+    from flax_sentiment.evaluation.evaluate import evaluate_ensemble
 
     if seeds < 2:
         raise UserError(f"--seeds {seeds}: need at least 2 seeds for a spread")
@@ -714,7 +714,7 @@ def run_seeds(config: ml_collections.ConfigDict, folder: str | Path, seeds: int
     summary["workdirs"] = [str(w) for w in workdirs]
     split = str(config.sweep.test_split)
     if split:  # the same final models on a split nothing was chosen on
-        from flax_sentiment.evaluate import ensemble_of, evaluate_checkpoint
+        from flax_sentiment.evaluation.evaluate import ensemble_of, evaluate_checkpoint
 
         try:
             each = [evaluate_checkpoint(w, split=split) for w in workdirs]

@@ -1,0 +1,1 @@
+"""Tuning: the Optuna sweep, seeds and ensembles (sweep), checkpoint averaging (averaging)."""
