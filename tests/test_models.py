@@ -622,3 +622,41 @@ def test_hash_dropout_statistics():
     assert abs(np.corrcoef(ka, kb)[0, 1]) < 0.01  # different keys: independent masks
     assert abs(np.corrcoef(ka[:-1], ka[1:])[0, 1]) < 0.01  # neighbours independent
     np.testing.assert_array_equal(drop(x, deterministic=True), x)
+
+
+def test_load_tokenizer_names_the_class_and_equals_autotokenizer(tmp_path):
+    """The tokenizer class that tokenizer_config.json names, loaded without AutoTokenizer (so
+    without torch), encodes as AutoTokenizer's does: the real MiniLM WordPiece and a byte-level
+    BPE RoBERTa tokenizer; a folder that names no class falls back to AutoTokenizer."""
+    import json
+    import subprocess
+    import sys
+
+    from tokenizers import ByteLevelBPETokenizer
+
+    texts = ["A gorgeous, witty, seductive movie.", "naïve café -- not THAT bad!!", "ok " * 80]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts * 20, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    T.RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                           pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                           model_max_length=64).save_pretrained(tmp_path / "roberta")
+    fs.load_tokenizer(MINILM).save_pretrained(tmp_path / "minilm")
+    for name, cls in (("minilm", "BertTokenizer"), ("roberta", "RobertaTokenizer")):
+        folder = tmp_path / name
+        assert json.loads((folder / "tokenizer_config.json").read_text())[
+            "tokenizer_class"].startswith(cls)
+        ours, auto = fs.load_tokenizer(str(folder)), T.AutoTokenizer.from_pretrained(folder)
+        assert type(ours) is type(auto) and type(ours).__name__.startswith(cls)
+        for kw in ({}, {"truncation": True, "max_length": 12}):
+            assert ours(texts, **kw)["input_ids"] == auto(texts, **kw)["input_ids"], (name, kw)
+        assert ours.model_max_length == auto.model_max_length
+    config = json.loads((tmp_path / "minilm" / "tokenizer_config.json").read_text())
+    del config["tokenizer_class"]
+    (tmp_path / "minilm" / "tokenizer_config.json").write_text(json.dumps(config))
+    assert fs.load_tokenizer(str(tmp_path / "minilm"))(texts)["input_ids"] == \
+        T.AutoTokenizer.from_pretrained(tmp_path / "minilm")(texts)["input_ids"]
+    code = ("import sys; import flax_sentiment as fs; "
+            f"fs.load_tokenizer({str(tmp_path / 'roberta')!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
