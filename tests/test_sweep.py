@@ -299,39 +299,10 @@ def test_two_workers_share_one_study(tiny, tmp_path):
     assert not any("duplicate_of" in t.user_attrs for t in trials)
 
 
-def test_workers_started_together_never_draw_the_same_parameters(tiny, tmp_path, monkeypatch):
-    """Two workers that join the study at the same moment (both before either has queued a
-    trial) in threads of one process, training replaced by an instant result: each samples from
-    its own stream, so no parameters repeat. (With one seed per study size, both drew the same
-    stream.) The two real processes of `test_two_workers_share_one_study` check it end to end."""
-    import threading
-
-    from flax_sentiment.tuning import sweep as sweep_lib
-
-    def instant(config, workdir, hooks=()):
-        time.sleep(0.02)
-        return {"best_value": float(config.train.learning_rate), "best_step": 1, "step": 1}
-
-    monkeypatch.setattr(sweep_lib, "train_and_evaluate", instant)
-    config = _config(tiny)
-    config.sweep.trials, config.sweep.pruner, config.sweep.sampler = 12, "none", "random"
-    workers = [Sweep(config, tmp_path / "sweep") for _ in range(2)]
-    threads = [threading.Thread(target=w.run) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    trials = _study(tmp_path / "sweep").trials
-    assert len(trials) >= 12 and all(t.state == TrialState.COMPLETE for t in trials)
-    params = [t.params["train.learning_rate"] for t in trials]
-    assert len(set(params)) == len(params), params
-
-
-def test_a_parameter_set_is_trained_once_and_repeats_take_its_outcome(tiny, tmp_path,
-                                                                     monkeypatch):
-    """A space of three values and a study of six trials over two workers: each value trains
-    once; a trial that draws a value already tried takes that trial's outcome (duplicate_of)
-    and the study still ends."""
+def _two_workers_in_threads(config, folder, monkeypatch):
+    """Two workers of one study in threads of this process, both made before either runs,
+    training replaced by an instant result (the learning rate as the value); the learning
+    rates that were trained."""
     import threading
 
     from flax_sentiment.tuning import sweep as sweep_lib
@@ -344,15 +315,38 @@ def test_a_parameter_set_is_trained_once_and_repeats_take_its_outcome(tiny, tmp_
         return {"best_value": float(config.train.learning_rate), "best_step": 1, "step": 1}
 
     monkeypatch.setattr(sweep_lib, "train_and_evaluate", instant)
-    config = _config(tiny)
-    config.sweep.space = {"train": {"learning_rate": {"choices": (1e-3, 2e-3, 3e-3)}}}
-    config.sweep.trials, config.sweep.pruner, config.sweep.sampler = 6, "none", "random"
-    workers = [Sweep(config, tmp_path / "sweep") for _ in range(2)]
+    workers = [Sweep(config, folder) for _ in range(2)]
     threads = [threading.Thread(target=w.run) for w in workers]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
+    return trained
+
+
+def test_workers_started_together_never_draw_the_same_parameters(tiny, tmp_path, monkeypatch):
+    """Two workers that join the study at the same moment (both before either has queued a
+    trial): each samples from its own stream, so no parameters repeat. (With one seed per
+    study size, both drew the same stream.) The two real processes of
+    `test_two_workers_share_one_study` check it end to end."""
+    config = _config(tiny)
+    config.sweep.trials, config.sweep.pruner, config.sweep.sampler = 12, "none", "random"
+    _two_workers_in_threads(config, tmp_path / "sweep", monkeypatch)
+    trials = _study(tmp_path / "sweep").trials
+    assert len(trials) >= 12 and all(t.state == TrialState.COMPLETE for t in trials)
+    params = [t.params["train.learning_rate"] for t in trials]
+    assert len(set(params)) == len(params), params
+
+
+def test_a_parameter_set_is_trained_once_and_repeats_take_its_outcome(tiny, tmp_path,
+                                                                     monkeypatch):
+    """A space of three values and a study of six trials over two workers: each value trains
+    once; a trial that draws a value already tried takes that trial's outcome (duplicate_of)
+    and the study still ends."""
+    config = _config(tiny)
+    config.sweep.space = {"train": {"learning_rate": {"choices": (1e-3, 2e-3, 3e-3)}}}
+    config.sweep.trials, config.sweep.pruner, config.sweep.sampler = 6, "none", "random"
+    trained = _two_workers_in_threads(config, tmp_path / "sweep", monkeypatch)
     assert sorted(trained) == sorted(set(trained))
     trials = _study(tmp_path / "sweep").trials
     assert len(trials) >= 6 and all(t.state != TrialState.RUNNING for t in trials)

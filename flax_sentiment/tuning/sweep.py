@@ -303,7 +303,7 @@ class Sweep:
             raise UserError(f"config sweep.pruner={config.sweep.pruner!r}: median, hyperband "
                             "or none")
         Workdir(self.folder).check_usable()
-        self.study = None
+        self.study, self.stopped = None, False
         if not parallel.is_main_process():
             return  # only process 0 talks to Optuna
         self.shared_storage = bool(storage)
@@ -374,9 +374,9 @@ class Sweep:
                                 "fail_reason in trials.csv): stopping instead of trying more; "
                                 "narrow sweep.space (e.g. lower learning rates)")
             trial, params = self._next_trial()
-            stopped = trial is not None and self._run(trial, params)
+            self.stopped = trial is not None and self._run(trial, params)
             self.write_results()
-            if stopped:
+            if self.stopped:
                 return
         log.info("the study has %d finished trials (sweep.trials=%d)", finished, target)
 
@@ -584,6 +584,9 @@ class Sweep:
             return {}
         frame, summary = self.write_results()
         best = self._best_trial()
+        if self.stopped:  # a signal: the table only, and exit soon
+            print(self._table(frame, summary))
+            return summary
         if best is not None:
             summary["test"] = self._test_score(best)
         summary["plots"] = self._plots(self._count(TrialState.COMPLETE))
