@@ -457,9 +457,8 @@ class Sweep:
 
     def _claim_open_trial(self) -> Any:
         """A RUNNING trial whose lease was released (Ctrl-C, SIGTERM) or whose worker died,
-        claimed by writing this worker's lease; RUNNING trials that never wrote a lease and
-        are older than `LEASE_TIMEOUT` are marked failed."""
-
+        claimed when `_next_trial`, still under the lock, writes this worker's lease; RUNNING
+        trials that never wrote a lease and are older than `LEASE_TIMEOUT` are marked failed."""
         now = time.time()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             folder = t.user_attrs.get("workdir")
@@ -475,7 +474,6 @@ class Sweep:
                 continue
             if _alive(lease):
                 continue
-            _write_lease(Path(folder))
             log.warning("trial %d continues (its worker, pid %s on %s, %s) in %s, from its "
                         "newest checkpoint if it saved one", t.number, lease.get("pid"),
                         lease.get("host"), "stopped" if lease.get("released") else "died",
