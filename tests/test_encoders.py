@@ -24,6 +24,7 @@ from tests.test_models import (
     _deberta,
     _inputs,
     _modernbert,
+    _mpnet,
     _num_params,
     _save,
     _torch_logits,
@@ -56,6 +57,10 @@ CASES = {
                                            mlp_bias=True, norm_bias=True, classifier_bias=True,
                                            local_attention=4, global_attn_every_n_layers=3,
                                            classifier_activation="silu", num_labels=2), False),
+    "mpnet": (T.MPNetForSequenceClassification, _mpnet(num_labels=3), False),
+    "mpnet-2-labels": (T.MPNetForSequenceClassification,
+                       _mpnet(hidden_act="relu", num_labels=2, max_position_embeddings=100),
+                       False),
 }
 LENGTHS = (13, 7, 1 + 16)  # odd lengths, all longer than ModernBERT's +-3 (or +-2) windows
 
@@ -131,6 +136,10 @@ BREAKAGES = [
     ("deberta-v3", dict(hidden_act="gelu_new")),
     ("deberta-v2-c2p", dict(head_activation="gelu")),
     ("deberta-absolute", dict(c2p=False, p2c=False)),  # the score scale
+    ("mpnet", dict(layer_norm_eps=1e-12)),
+    ("mpnet", dict(position_bias_max_distance=32)),  # other log buckets
+    ("mpnet", dict(padding_aware_positions=False)),  # BERT's positions from 0
+    ("mpnet", dict(head_dropout_first=False, head_activation="gelu")),
 ]
 
 
@@ -167,7 +176,23 @@ def test_relative_positions_match_transformers(buckets, max_relative, length):
     np.testing.assert_array_equal(ours, p2c.T)
 
 
-@pytest.mark.parametrize("case", ["deberta-v3", "modernbert-mean-biases"])
+@pytest.mark.parametrize("buckets,max_distance", [(32, 128), (16, 128), (64, 256), (8, 20)])
+def test_mpnet_position_buckets_match_transformers(buckets, max_distance):
+    """Every (query, key) pair up to 512 tokens (all-mpnet-base-v2's limit) falls in the bucket
+    transformers computes, the float32 logarithm's edges included."""
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    from flax_sentiment.models.layers import position_bias_buckets
+
+    pos = torch.arange(512)
+    theirs = MPNetEncoder.relative_position_bucket(pos[None, :] - pos[:, None],
+                                                   num_buckets=buckets,
+                                                   max_distance=max_distance).numpy()
+    np.testing.assert_array_equal(position_bias_buckets(512, buckets, max_distance), theirs)
+    assert len(np.unique(theirs)) > buckets // 2 + 2  # the logarithmic buckets are reached
+
+
+@pytest.mark.parametrize("case", ["deberta-v3", "modernbert-mean-biases", "mpnet"])
 def test_bfloat16_compute(case, references):
     bundle, models, data = references(case)
     model = fs.load_pretrained(bundle.folder, dtype="bfloat16")
@@ -220,6 +245,8 @@ REFUSALS = [
     ("modernbert", {"layer_types": ["sliding_attention", "full_attention", "full_attention"]},
      "layer_types="),
     ("modernbert", {"head_dim": 4}, "head_dim=4"),
+    ("mpnet", {"pad_token_id": 0}, "pad_token_id=0"),
+    ("mpnet", {"relative_attention_num_buckets": 16}, "relative_attention_num_buckets=16"),
 ]
 
 
@@ -241,7 +268,7 @@ def test_new_model_types_are_listed(tmp_path):
     with pytest.raises(fs.UserError) as info:
         fs.load_pretrained(tmp_path)
     assert all(t in str(info.value) for t in
-               ["camembert", "deberta-v2", "modernbert", "xlm-roberta"])
+               ["camembert", "deberta-v2", "modernbert", "mpnet", "xlm-roberta"])
 
 
 def test_pretraining_checkpoints_load_without_their_heads(tmp_path):
@@ -278,13 +305,32 @@ def test_pretraining_checkpoints_load_without_their_heads(tmp_path):
     np.testing.assert_allclose(ours * mask[..., None], hidden * mask[..., None], atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [T.MPNetModel, T.MPNetForMaskedLM])
+def test_mpnet_base_and_masked_lm_checkpoints(cls, tmp_path):
+    """all-mpnet-base-v2's layout (a base model without the `mpnet.` prefix, with the pooler
+    sentence-transformers keeps) and an MLM checkpoint (lm_head) load with a fresh head, and
+    the encoder's output equals transformers' base model's."""
+    torch.manual_seed(0)
+    ref = cls(_mpnet()).eval()
+    ref.save_pretrained(tmp_path)
+    bundle = fs.load_pretrained_bundle(tmp_path, num_labels=2)
+    assert bundle.fresh_head
+    ids, mask, _ = _inputs(ref.config, length=17)
+    base = ref if cls is T.MPNetModel else ref.mpnet
+    with torch.no_grad():
+        hidden = base(input_ids=torch.tensor(ids),
+                      attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    ours = np.asarray(bundle.model.encoder(ids, mask))
+    np.testing.assert_allclose(ours * mask[..., None], hidden * mask[..., None], atol=1e-5)
+
+
 # --- export: JAX -> PyTorch -> JAX ---------------------------------------------------------
 
 BIG_VOCAB = dict(vocab_size=30522, max_position_embeddings=128)  # MiniLM's tokenizer drives them
 
 
 @pytest.mark.parametrize("case", ["xlm-roberta", "deberta-v3", "deberta-v2-c2p",
-                                  "modernbert-mean-biases"])
+                                  "modernbert-mean-biases", "mpnet"])
 def test_export_round_trip(case, tmp_path):
     """Exported weights load into transformers (parity) and back into ours unchanged."""
     cls, cfg, _ = CASES[case]

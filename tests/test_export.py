@@ -23,6 +23,7 @@ from tests.test_models import (
     _deberta,
     _electra,
     _modernbert,
+    _mpnet,
     _roberta,
     _xlm_roberta,
 )
@@ -44,6 +45,7 @@ TINY = {
                    lambda: _deberta(**BIG_VOCAB, num_labels=3)),
     "modernbert": (T.ModernBertForSequenceClassification,
                    lambda: _modernbert(**BIG_VOCAB, num_labels=2)),
+    "mpnet": (T.MPNetForSequenceClassification, lambda: _mpnet(**BIG_VOCAB, num_labels=3)),
 }
 LABELS = {2: ["negative", "positive"], 3: ["negative", "neutral", "positive"]}
 
@@ -92,7 +94,8 @@ def _torch_logits(folder, texts):
     model = T.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
     tok = T.AutoTokenizer.from_pretrained(str(folder))
     enc = tok(texts, padding=True, return_tensors="pt")
-    if model.config.model_type in ("distilbert", "roberta", "xlm-roberta", "modernbert"):
+    if model.config.model_type in ("distilbert", "roberta", "xlm-roberta", "modernbert",
+                                   "mpnet"):
         enc.pop("token_type_ids", None)
     with torch.no_grad():
         return model(**enc).logits.numpy(), {k: v.numpy() for k, v in enc.items()}
@@ -157,7 +160,7 @@ def test_mean_pooled_export_matches_transformers(arch, tmp_path, tokenizer):
     model = T.AutoModelForSequenceClassification.from_pretrained(
         str(out), trust_remote_code=True).eval()
     enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    if arch in ("distilbert", "roberta", "xlm-roberta", "modernbert"):
+    if arch in ("distilbert", "roberta", "xlm-roberta", "modernbert", "mpnet"):
         enc.pop("token_type_ids")
     with torch.no_grad():
         theirs = model(**enc).logits.numpy()
@@ -383,7 +386,7 @@ def sst2_rows(tmp_path_factory, shared_data):
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "albert", "distilbert", "electra",
-                                        "xlm-roberta", "deberta-v2", "modernbert"])
+                                        "xlm-roberta", "deberta-v2", "modernbert", "mpnet"])
 def test_trained_workdir_exports_with_parity(model_type, sst2_rows, tmp_path):
     """Train a few steps (the head leaves its initial values), export, load in transformers."""
     from flax_sentiment.training.loop import train_and_evaluate

@@ -40,7 +40,7 @@ from tests.helpers import (
 )
 
 ARCHS = ["bert", "roberta", "albert", "electra", "distilbert", "xlm-roberta", "deberta-v2",
-         "modernbert"]
+         "modernbert", "mpnet"]
 LABELS = ["negative", "positive"]
 
 

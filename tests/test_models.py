@@ -72,6 +72,14 @@ def _modernbert(**kw):
                                  "sep_token_id": 2, **kw})
 
 
+def _mpnet(**kw):
+    """MPNet with layer_norm_eps 1e-5 (all-mpnet-base-v2's; the class default is 1e-12); the
+    tests' distances of up to 16 reach the logarithmic bias buckets (exact below 8)."""
+    return T.MPNetConfig(**{**SMALL, "hidden_size": 32, "num_hidden_layers": 2,
+                            "intermediate_size": 37, "pad_token_id": 1, "layer_norm_eps": 1e-5,
+                            **kw})
+
+
 CASES = {
     "bert": (T.BertForSequenceClassification, _bert(num_labels=3), True),
     "bert-relu-2labels": (T.BertForSequenceClassification,
@@ -394,15 +402,19 @@ SCAN_CASES = {
     "modernbert": (T.ModernBertForSequenceClassification,
                    _modernbert(num_labels=2, num_hidden_layers=6, global_attn_every_n_layers=3),
                    False),
+    "mpnet": (T.MPNetForSequenceClassification, _mpnet(num_labels=2, num_hidden_layers=3),
+              False),
 }
-SCANS = {"bert": 1, "albert-groups-inner": 1, "distilbert": 1, "deberta": 1, "modernbert": 2}
+SCANS = {"bert": 1, "albert-groups-inner": 1, "distilbert": 1, "deberta": 1, "modernbert": 2,
+         "mpnet": 1}
 
 
 @pytest.mark.parametrize("case,remat", [
-    ("albert-groups-inner", False), ("modernbert", True),
+    ("albert-groups-inner", False), ("modernbert", True), ("mpnet", True),
     *(pytest.param(case, remat, marks=pytest.mark.slow) for case in sorted(SCAN_CASES)
       for remat in (False, True)
-      if (case, remat) not in (("albert-groups-inner", False), ("modernbert", True)))])
+      if (case, remat) not in (("albert-groups-inner", False), ("modernbert", True),
+                               ("mpnet", True)))])
 def test_scanned_layers_give_the_loops_gradients(case, remat, tmp_path):
     """model.scan_layers: each stretch of identically built layers runs as one lax.scan (ALBERT's
     shared layers, DeBERTa's relative attention and ModernBERT's local/global mix included),
@@ -565,11 +577,14 @@ DROPOUT_CASES = {
     # including the dropout on the relative embeddings in every layer. pooler_dropout: 0.4.
     "deberta-v2": _deberta(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2,
                            cls_dropout=0.3, pooler_dropout=0.4),
+    "mpnet": _mpnet(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2),
     # ModernBERT: embeddings 0.1, attention probabilities and output 0.2, inside the MLP 0.3.
     "modernbert": _modernbert(embedding_dropout=0.1, attention_dropout=0.2, mlp_dropout=0.3,
                               classifier_dropout=0.4),
 }
-DROPOUT_RATES = {"deberta-v2": {0.1, 0.2, 0.3, 0.4}, "modernbert": {0.1, 0.2, 0.3, 0.4}}
+# MPNet's head drops at the hidden rate (no classifier_dropout in its config).
+DROPOUT_RATES = {"deberta-v2": {0.1, 0.2, 0.3, 0.4}, "modernbert": {0.1, 0.2, 0.3, 0.4},
+                 "mpnet": {0.1, 0.2}}
 
 
 @pytest.mark.parametrize("arch", sorted(DROPOUT_CASES))

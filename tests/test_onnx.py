@@ -21,7 +21,7 @@ IDS, MASK, TYPES = "input_ids", "attention_mask", "token_type_ids"
 # XLM-R, ModernBERT, and DeBERTa-v3 (type_vocab_size 0).
 INPUTS = {"bert": [IDS, MASK, TYPES], "roberta": [IDS, MASK], "albert": [IDS, MASK, TYPES],
           "distilbert": [IDS, MASK], "electra": [IDS, MASK, TYPES], "xlm-roberta": [IDS, MASK],
-          "deberta-v2": [IDS, MASK], "modernbert": [IDS, MASK]}
+          "deberta-v2": [IDS, MASK], "modernbert": [IDS, MASK], "mpnet": [IDS, MASK]}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def _check_onnx(out, model, texts, expected_inputs):
     pytest.param("xlm-roberta", marks=pytest.mark.slow),
     "deberta-v2",
     "modernbert",
+    "mpnet",
 ])
 def test_every_architecture(arch, tmp_path, tokenizer):
     bundle = _tiny_bundle(arch, tmp_path / "src")

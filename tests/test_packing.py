@@ -21,11 +21,11 @@ from tests.test_models import _save
 # One or more of each architecture and of each option that touches positions or pooling:
 # absolute and RoBERTa-style positions, token types, ALBERT groups, ELECTRA's projection,
 # DeBERTa's relative attention (with and without a position table), ModernBERT's rotary
-# positions, sliding windows and mean pooling.
+# positions, sliding windows and mean pooling, MPNet's relative-position bias.
 ARCHS = {**{k: OLD_CASES[k] for k in ("bert", "roberta", "albert-groups-inner", "distilbert",
                                       "electra-projection")},
          **{k: NEW_CASES[k] for k in ("xlm-roberta", "deberta-v3", "deberta-v2-c2p",
-                                      "modernbert", "modernbert-mean-biases")}}
+                                      "modernbert", "modernbert-mean-biases", "mpnet")}}
 
 
 def _split(cfg, lengths, seed=0, token_types=False) -> TokenizedSplit:

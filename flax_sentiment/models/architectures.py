@@ -206,6 +206,21 @@ def _deberta_v2_config(hf: dict[str, Any]) -> EncoderConfig:
     )
 
 
+def _mpnet_config(hf: dict[str, Any]) -> EncoderConfig:
+    """MPNet: BERT's post-norm layers, RoBERTa's positions (counted from padding index 1) and
+    head, no token types, and one relative-position bias shared by every layer."""
+    if hf.get("pad_token_id", 1) != 1:
+        _refuse("pad_token_id", hf["pad_token_id"], "MPNet numbers positions from padding "
+                "index 1, whatever the config says; only 1")
+    buckets = hf.get("relative_attention_num_buckets", 32)
+    if buckets != 32:  # the table's size; the buckets looked up in it are always 32
+        _refuse("relative_attention_num_buckets", buckets, "transformers' MPNet computes 32 "
+                "buckets whatever the config says; only 32")
+    return _bert_config({"layer_norm_eps": 1e-12, **hf}).replace(
+        type_vocab_size=0, pad_token_id=1, padding_aware_positions=True,
+        head_dropout_first=True, position_bias_buckets=buckets)
+
+
 _ROPE_KEYS = {"rope_type", "rope_theta"}
 
 
@@ -306,6 +321,14 @@ _MODERNBERT_LAYERS = (
 })
 
 
+_MPNET_LAYERS = _embedding_rules() + _layer_rules(r"{p}.encoder.layer.\1", {
+    "attention.query": "attention.attn.q", "attention.key": "attention.attn.k",
+    "attention.value": "attention.attn.v", "attention.out": "attention.attn.o",
+    "attention.norm": "attention.LayerNorm", "ffn.inner": "intermediate.dense",
+    "ffn.outer": "output.dense", "ffn.norm": "output.LayerNorm",
+}) + ((r"encoder\.position_bias\.table", "{p}.encoder.relative_attention_bias"),)
+
+
 def _roberta_like(model_type: str, hf_class: str) -> Architecture:
     """RoBERTa's architecture (also under the names XLM-RoBERTa and CamemBERT)."""
     return Architecture(
@@ -370,6 +393,12 @@ ARCHITECTURES: dict[str, Architecture] = {
             _MODERNBERT_LAYERS + ((r"head\.dense", "head.dense"), (r"head\.norm", "head.norm"),
                                   (r"head\.out", "classifier")),
             ignored=_BUFFERS + (r"decoder\..*",),
+        ),
+        Architecture(
+            "mpnet", "mpnet", "MPNetForSequenceClassification", _mpnet_config,
+            _MPNET_LAYERS + _CLS_HEAD,
+            # sentence-transformers' checkpoints keep the base model's pooler; MLM ones lm_head.
+            ignored=_BUFFERS + (r"lm_head\..*", r"(mpnet\.)?pooler\..*"),
         ),
     ]
 }

@@ -12,6 +12,7 @@ from flax_sentiment.models.layers import (
     ADAPTER_RNGS,
     ClassificationHead,
     Embeddings,
+    PositionBias,
     RelativePositions,
     TransformerLayer,
     norm_layer,
@@ -41,6 +42,8 @@ class Encoder(nnx.Module):
         self.relative = (RelativePositions(cfg, dtype=dtype, rngs=rngs)
                          if cfg.relative_attention or cfg.norm_rel_embeddings else None)
         self.final_norm = norm_layer(cfg, cfg.hidden_size, rngs) if cfg.pre_norm else None
+        self.position_bias = (PositionBias(cfg, rngs=rngs) if cfg.position_bias_buckets > 0
+                              else None)
         # Recompute each layer's activations in the backward pass instead of keeping them
         # (`nnx.remat`): activation memory of one layer instead of all, for ~1/3 more compute
         # (a second forward). For long sequences and large batches on accelerators; set by
@@ -75,6 +78,8 @@ class Encoder(nnx.Module):
         # Additive mask as transformers builds it: 0 where attended, the dtype's min where not.
         low = jnp.finfo(jnp.float32).min
         bias = jnp.where(keep, 0.0, low).astype(jnp.float32)
+        if self.position_bias is not None:  # MPNet: the same [1, heads, n, n] in every layer
+            bias = bias + self.position_bias(input_ids.shape[1])
         layers = self._schedule()
         local_bias = None
         if any(layer.local for layer in layers):  # sliding window: |q - k| <= local // 2

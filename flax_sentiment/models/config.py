@@ -10,10 +10,11 @@ from typing import Any
 class EncoderConfig:
     """Shape and behaviour of a transformer encoder with a classification head.
 
-    BERT, RoBERTa (XLM-R, CamemBERT), ALBERT, DistilBERT, ELECTRA, DeBERTa-v2/v3 and ModernBERT
-    differ only in the fields below (and in their weight names, see `architectures.py`), so one
-    stack serves them all. Every field added after the first five architectures defaults to
-    their behaviour, so encoder configs saved before it still load unchanged.
+    BERT, RoBERTa (XLM-R, CamemBERT), ALBERT, DistilBERT, ELECTRA, DeBERTa-v2/v3, ModernBERT
+    and MPNet differ only in the fields below (and in their weight names, see
+    `architectures.py`), so one stack serves them all. Every field added after the first five
+    architectures defaults to their behaviour, so encoder configs saved before it still load
+    unchanged.
     """
 
     model_type: str
@@ -74,6 +75,11 @@ class EncoderConfig:
     max_relative_positions: int = 0
     share_att_key: bool = False  # positions projected by the content query/key projections
     norm_rel_embeddings: bool = False  # a LayerNorm over the relative embeddings
+    # MPNet's (T5-style) relative-position bias: one [buckets, heads] table shared by every
+    # layer, its bucket of the distance k - q added to every layer's scores (0: none). Half
+    # the buckets per direction, exact below a quarter, logarithmic up to the max distance.
+    position_bias_buckets: int = 0
+    position_bias_max_distance: int = 128
     # Head: pooling ("cls": first token, "mean": over the attention mask), a LayerNorm after
     # the activation (ModernBERT), and the first dropout's own rate (DeBERTa's pooler_dropout).
     head_pooling: str = "cls"

@@ -285,6 +285,42 @@ class RelativePositions(nnx.Module):
         return table.astype(self.dtype), relative_position_index(length, self.cfg)
 
 
+def position_bias_buckets(length: int, buckets: int, max_distance: int) -> np.ndarray:
+    """[length, length] bucket of MPNet's relative-position bias for (query q, key k), as
+    transformers' `MPNetEncoder.relative_position_bucket` computes it (float32 logarithms, so
+    the bucket edges fall where they do there): keys before and after the query get half the
+    buckets each; within a half, distances below a quarter of the buckets are exact, longer
+    ones share logarithmically wider buckets, and max_distance and beyond share the last.
+    Static for a sequence length, so computed once at trace time. Only the difference k - q
+    enters, so a packed row (positions restarting at each example) needs no change: tokens of
+    two examples never attend to each other."""
+    pos = np.arange(length)
+    n = pos[:, None] - pos[None, :]  # q - k: transformers' -relative_position
+    half = buckets // 2
+    out = (n < 0).astype(np.int64) * half
+    n = np.abs(n)
+    exact = half // 2
+    with np.errstate(divide="ignore"):
+        scaled = (np.log(n.astype(np.float32) / np.float32(exact))
+                  / np.float32(math.log(max_distance / exact)) * np.float32(half - exact))
+    large = exact + np.where(n < exact, 0, scaled).astype(np.int64)
+    out += np.where(n < exact, n, np.minimum(large, half - 1))
+    return out.astype(np.int32)
+
+
+class PositionBias(nnx.Module):
+    """MPNet's relative-position bias, shared by every layer: [1, heads, length, length]."""
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        self.buckets = cfg.position_bias_buckets
+        self.max_distance = cfg.position_bias_max_distance
+        self.table = _embed(cfg, self.buckets, cfg.num_heads, jnp.float32, rngs)
+
+    def __call__(self, length: int) -> jax.Array:
+        index = position_bias_buckets(length, self.buckets, self.max_distance)
+        return self.table(jnp.asarray(index)).transpose(2, 0, 1)[None]
+
+
 class Embeddings(nnx.Module):
     def __init__(self, cfg: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg

@@ -1,10 +1,10 @@
 """Mean-pooled sequence classification for transformers' encoders, written by flax-sentiment.
 
-transformers' BERT, ALBERT, DistilBERT, ELECTRA, RoBERTa (XLM-R, CamemBERT) and DeBERTa-v2
-classifiers read the first token; a model fine-tuned with flax-sentiment's `model.pooling="mean"`
-reads the mean of the encoder's output over the attention mask instead, then applies the same
-head layers with the same weights. Each class below is its transformers class with that one
-change, so the folder loads with `trust_remote_code=True`:
+transformers' BERT, ALBERT, DistilBERT, ELECTRA, RoBERTa (XLM-R, CamemBERT), DeBERTa-v2 and
+MPNet classifiers read the first token; a model fine-tuned with flax-sentiment's
+`model.pooling="mean"` reads the mean of the encoder's output over the attention mask instead,
+then applies the same head layers with the same weights. Each class below is its transformers
+class with that one change, so the folder loads with `trust_remote_code=True`:
 
     AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
 
@@ -19,6 +19,7 @@ from transformers import (
     DebertaV2ForSequenceClassification,
     DistilBertForSequenceClassification,
     ElectraForSequenceClassification,
+    MPNetForSequenceClassification,
     RobertaForSequenceClassification,
     XLMRobertaForSequenceClassification,
 )
@@ -95,4 +96,8 @@ class MeanPooledCamembertForSequenceClassification(_FirstTokenHead,
 
 class MeanPooledElectraForSequenceClassification(_FirstTokenHead,
                                                  ElectraForSequenceClassification):
+    pass
+
+
+class MeanPooledMPNetForSequenceClassification(_FirstTokenHead, MPNetForSequenceClassification):
     pass
