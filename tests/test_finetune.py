@@ -428,7 +428,8 @@ def test_distill_weight_zero_trains_as_without_a_teacher(tiny):
 
 def test_distillation_from_a_workdir_teacher(reference_run, tiny, tmp_path, caplog):
     """The student's cached teacher logits are the teacher's own predictions on the train
-    texts; a second run reads the cache; a teacher with other labels is refused."""
+    texts; a resumed run reads its workdir's copy, another student (another seed) the shared
+    one; a teacher with other labels is refused."""
     from flax_sentiment.data.splits import load_data
     from flax_sentiment.evaluation.predict import Classifier
     from flax_sentiment.models.pretrained import load_tokenizer
@@ -449,7 +450,17 @@ def test_distillation_from_a_workdir_teacher(reference_run, tiny, tmp_path, capl
     with caplog.at_level(logging.INFO):
         config.train.max_steps = 6
         train_and_evaluate(config, tmp_path / "student")  # resumes; reads the cache
-    assert "teacher logits read from" in caplog.text
+    assert f"teacher logits read from {tmp_path / 'student'}" in caplog.text
+
+    from flax_sentiment.training.distill import shared_cache_dir
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        config.train.max_steps, config.train.seed = 2, 1
+        train_and_evaluate(config, tmp_path / "seed1")
+    assert f"teacher logits read from {shared_cache_dir(config.data) / cached[0].name}" \
+        in caplog.text
+    np.testing.assert_array_equal(np.load(tmp_path / "seed1" / cached[0].name), logits)
 
     bad = tiny_config(tiny["model"], tiny["data"], **{
         "train.teacher": (str(reference_run),), "data.label_names": ("bad", "good")})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from flax_sentiment.config import option
 from flax_sentiment.data.splits import TokenizedSplit
 from flax_sentiment.errors import UserError
 
@@ -103,13 +105,26 @@ def teacher_stamp(spec: str) -> dict[str, Any]:
 
 def _cache_key(stamps: Sequence[dict[str, Any]], split: TokenizedSplit,
                data: ml_collections.ConfigDict) -> str:
-    """Changes when a teacher (`teacher_stamp`), the texts or the tokenization does."""
+    """Changes when a teacher (`teacher_stamp`), the texts, the tokenization or the label names
+    (which the teachers' labels are checked against when they are computed) do."""
     h = hashlib.sha256()
     h.update(json.dumps(list(stamps), sort_keys=True).encode())
+    h.update(json.dumps([str(n) for n in split.label_names]).encode())
     h.update(json.dumps([data.max_length, data.truncation, data.head_tokens]).encode())
     for text in split.texts:
         h.update(text.encode("utf-8", "surrogatepass") + b"\0")
     return h.hexdigest()[:20]
+
+
+def shared_cache_dir(data: ml_collections.ConfigDict) -> Path:
+    """Where every run finds the teacher logits any run computed: beside the tokenized splits
+    (data.cache_dir, else the datasets cache). Why: the students of one teacher (seeds, an
+    ablation) share its pass over the train split, the longest part of a student's run when
+    the teacher is a base model (MPNet-base on SST-2: ~25 minutes on a 2-core CPU)."""
+    import datasets
+
+    root = str(option(data, "cache_dir", "")) or datasets.config.HF_DATASETS_CACHE
+    return Path(root) / "flax_sentiment_teacher_logits"
 
 
 def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
@@ -117,7 +132,8 @@ def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
                    batch_size: int = 128, write_cache: bool = True,
                    stamps: Sequence[dict[str, Any]] | None = None) -> np.ndarray:
     """float32 `[len(split), len(specs), classes]`: each teacher's logits on `split`'s texts,
-    read from `cache_dir` when this exact set was computed before (`stamps`: the teachers'
+    read from `cache_dir` (the run's workdir) or the shared cache (`shared_cache_dir`) when
+    this exact set was computed before, and written to both (`stamps`: the teachers'
     `teacher_stamp`s, computed here when not given)."""
     import jax
 
@@ -127,15 +143,18 @@ def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
     if data.text_pair_column:
         raise UserError("config train.teacher: distillation of text-pair tasks "
                         f"(data.text_pair_column={data.text_pair_column!r}) is not supported")
-    path = None
+    paths: list[Path] = []
     if cache_dir is not None:
         if stamps is None:
             stamps = [teacher_stamp(s) for s in specs]
-        path = Path(cache_dir) / f"teacher_logits_{_cache_key(stamps, split, data)}.npy"
-        if path.is_file():
-            cached = np.load(path)
-            if cached.shape[:2] == (len(split), len(specs)):
+        name = f"teacher_logits_{_cache_key(stamps, split, data)}.npy"
+        paths = [Path(cache_dir) / name, shared_cache_dir(data) / name]
+        for path in paths:
+            cached = _read_cached(path, (len(split), len(specs)))
+            if cached is not None:
                 log.info("teacher logits read from %s", path)
+                if write_cache and path != paths[0]:
+                    _write(paths[0], cached)
                 return cached
     out = []
     for spec in specs:
@@ -148,9 +167,27 @@ def teacher_logits(specs: Sequence[str], split: TokenizedSplit,
                  float(np.mean(logits.argmax(-1) == split.labels)))
         out.append(logits)
     result = np.stack(out, axis=1).astype(np.float32)
-    if path is not None and write_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, result)
-        tmp.replace(path)
+    if write_cache:
+        for path in paths:
+            _write(path, result)
     return result
+
+
+def _read_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached array, or None (absent, unreadable or of another shape: computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = np.load(path)
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s); the teacher logits are computed again", path, e)
+        return None
+    return cached if cached.shape[:2] == shape else None
+
+
+def _write(path: Path, logits: np.ndarray) -> None:
+    """Written whole or not at all (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, logits)
+    tmp.replace(path)
