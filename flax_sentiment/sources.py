@@ -76,7 +76,9 @@ def resolve(name_or_path: str, *, allow_patterns: list[str] | None = None,
     if path.exists():
         return path
     if _looks_like_path(name):
-        raise UserError(f"{name!r}: no such file or folder")
+        fetch = (f" (fetch it: scripts/fetch_model.py {path.name} --dest {path.parent})"
+                 if path.name in SPLIT_ZIP_MODELS else "")
+        raise UserError(f"{name!r}: no such file or folder{fetch}")
     return download(name, allow_patterns=allow_patterns, repo_type=repo_type)
 
 

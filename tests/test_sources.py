@@ -89,6 +89,12 @@ def test_a_bad_part_set_is_refused_and_leaves_no_folder(tmp_path, damage, says):
     assert not dest.exists() and _left(dest) == []
 
 
+def test_a_missing_split_zip_model_folder_says_how_to_fetch_it(tmp_path):
+    with pytest.raises(UserError, match=r"no such file or folder \(fetch it: scripts/fetch_model"
+                       r"\.py all-mpnet-base-v2 --dest "):
+        sources.resolve(str(tmp_path / "models" / "all-mpnet-base-v2"))
+
+
 def test_fetch_script_refuses_an_unknown_name():
     done = subprocess.run([sys.executable, "scripts/fetch_model.py", "no-such-model"], cwd=REPO,
                           capture_output=True, text=True)
