@@ -17,7 +17,7 @@ from flax_sentiment.export.huggingface import export_hf
 from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.layers import relative_position_index
-from tests.conftest import MINILM
+from tests.conftest import MINILM, REPO
 from tests.test_models import (
     SENTENCES,
     SMALL,
@@ -322,6 +322,26 @@ def test_mpnet_base_and_masked_lm_checkpoints(cls, tmp_path):
                       attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
     ours = np.asarray(bundle.model.encoder(ids, mask))
     np.testing.assert_allclose(ours * mask[..., None], hidden * mask[..., None], atol=1e-5)
+
+
+MPNET = REPO / ".cache" / "models" / "all-mpnet-base-v2"
+
+
+@pytest.mark.slow  # needs `make mpnet` (420 MB, not in CI); the tiny MPNet cases above run always
+@pytest.mark.skipif(not (MPNET / "model.safetensors").is_file(), reason="run `make mpnet` first")
+def test_real_all_mpnet_base_v2_hidden_states_match_automodel():
+    from tests.test_models import SENTENCES as REAL
+
+    bundle = fs.load_pretrained_bundle(MPNET, num_labels=2)
+    assert bundle.fresh_head and bundle.config.num_layers == 12
+    enc = bundle.tokenizer(REAL, padding=True, return_tensors="np")
+    assert "token_type_ids" not in enc
+    ref = T.AutoModel.from_pretrained(str(MPNET)).eval()
+    with torch.no_grad():
+        theirs = ref(**{k: torch.tensor(v) for k, v in enc.items()}).last_hidden_state.numpy()
+    ours = np.asarray(bundle.model.encoder(enc["input_ids"], enc["attention_mask"]))
+    mask = enc["attention_mask"][..., None]
+    assert np.abs((ours - theirs) * mask).max() <= 1e-4
 
 
 # --- export: JAX -> PyTorch -> JAX ---------------------------------------------------------
