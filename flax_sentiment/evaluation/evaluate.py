@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from flax_sentiment import parallel
@@ -24,7 +25,7 @@ from flax_sentiment.errors import UserError
 from flax_sentiment.evaluation import metrics as metrics_lib
 from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.training.steps import Steps
-from flax_sentiment.workdir import Workdir, load_run
+from flax_sentiment.workdir import Run, Workdir, load_run
 
 
 @dataclasses.dataclass
@@ -135,17 +136,32 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
         examples = splits.load_split(config.data, run.tokenizer, split)
         if len(examples) == 0:
             raise UserError(f"split {split!r} of {config.data.name_or_path} is empty")
-        mesh = parallel.make_mesh()
+        return Evaluator(run, config).evaluate(examples, split=split,
+                                               dataset=str(config.data.name_or_path))
+
+
+class Evaluator:
+    """A restored run placed on the mesh once, for any number of tokenized splits: evaluating
+    several datasets with one model loads it once and reuses its compiled model step."""
+
+    def __init__(self, run: Run, config: ml_collections.ConfigDict):
+        self.run, self.config = run, config  # config: the run's, with inference overrides
+        self.mesh = parallel.make_mesh()
+        self.steps = Steps(ModelDef(run.model), len(run.label_names), self.mesh)
+        self.params = self.steps.place(ModelDef.params_of(run.model))
+
+    def evaluate(self, examples: splits.TokenizedSplit, *, split: str, dataset: str) -> Report:
+        """Metrics and predictions of `examples`, whose labels are ids of the run's labels."""
+        run, config = self.run, self.config
         batches = packing.eval_batches(examples, config.data, config.eval.batch_size,
                                        pad_id=splits.pad_token_id(run.tokenizer),
-                                       multiple=mesh.devices.size)
+                                       multiple=self.mesh.devices.size)
         num_labels = len(run.label_names)
-        steps = Steps(ModelDef(run.model), num_labels, mesh)
         probabilities = np.full((len(examples), num_labels), np.nan, np.float32)
         predicted = np.zeros(len(examples), np.int32)
         seen = np.zeros(len(examples), np.int32)
         counts = None
-        for out in steps.run(steps.place(ModelDef.params_of(run.model)), batches):
+        for out in self.steps.run(self.params, batches):
             c = out["counts"]
             counts = c if counts is None else metrics_lib.add_counts(counts, c)
             index = np.asarray(out["index"])
@@ -153,17 +169,18 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
             probabilities[index[real]] = np.asarray(out["probabilities"])[real]
             predicted[index[real]] = np.asarray(out["predicted"])[real]
             np.add.at(seen, index[real], 1)
-    if not np.all(seen == 1):  # a batching bug, not a user error
-        raise RuntimeError(f"{int(np.sum(seen != 1))} examples were not evaluated exactly once")
-    metrics = metrics_lib.compute_metrics(jax.device_get(counts), run.label_names)
-    dataset = str(config.data.name_or_path)
-    return Report(metrics=metrics,
-                  predictions=_predictions_frame(examples, probabilities, predicted,
-                                                 run.label_names),
-                  label_names=list(run.label_names), step=run.step, split=split,
-                  workdir=run.workdir, dataset=dataset,
-                  probabilities=probabilities, labels=np.asarray(examples.labels, np.int32),
-                  same_data_as_run=dataset == str(run.config.data.name_or_path))
+        if not np.all(seen == 1):  # a batching bug, not a user error
+            raise RuntimeError(f"{int(np.sum(seen != 1))} examples were not evaluated exactly "
+                               "once")
+        metrics = metrics_lib.compute_metrics(jax.device_get(counts), run.label_names)
+        return Report(metrics=metrics,
+                      predictions=_predictions_frame(examples, probabilities, predicted,
+                                                     run.label_names),
+                      label_names=list(run.label_names), step=run.step, split=split,
+                      workdir=run.workdir, dataset=dataset,
+                      probabilities=probabilities,
+                      labels=np.asarray(examples.labels, np.int32),
+                      same_data_as_run=dataset == str(run.config.data.name_or_path))
 
 
 def evaluate_ensemble(workdirs: Sequence[str | Path], *, step: int | str | None = None,
