@@ -56,7 +56,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     # instead of five or six on SST-2; flax_sentiment/data/packing.py).
     c.pack_sampling = "uniform"
     c.encoding = "utf-8"
+    # Seed of the data's own draws: the carved validation split, and the train subset below
+    # (apart from train.seed, which orders batches and drives dropout).
     c.seed = 0
+    # Train on this many examples of the train split (after any carved validation split, so
+    # the evaluation never changes with it), 0 = all. Stratified by label and nested: for one
+    # data.seed the subset of N is inside the subset of any larger N (a learning curve,
+    # scripts/learning_curve.py; splits.nested_stratified_order).
+    c.train_examples = 0
     c.cache_dir = ""  # '' = the `datasets` cache (HF_DATASETS_CACHE)
     return c
 
@@ -192,6 +199,19 @@ def base_config() -> ml_collections.ConfigDict:
         "weight_decay": {"low": 0.0, "high": 0.1},
     }})
 
+    # Masked-LM training (scripts/pretrain.py, flax_sentiment/training/pretrain.py): continued
+    # pretraining of the encoder on unlabeled text; data.max_length is the row length.
+    c.mlm = ml_collections.ConfigDict()
+    c.mlm.corpus = ()  # files (.txt: a text a line; CSV/TSV/JSONL/Parquet) or folders of them
+    c.mlm.text_column = "text"  # of tables; their other columns (labels) are ignored
+    c.mlm.encoding = ("utf-8",)  # one for every corpus entry, or one per entry
+    c.mlm.rate = 0.15  # of each row's maskable tokens: 80% [MASK], 10% random, 10% kept
+    c.mlm.whole_word = False  # mask whole words (all their tokens or none)
+    # 'chunk': texts concatenated and cut into full rows; 'pack': whole texts packed into rows,
+    # attending within themselves (flax_sentiment/data/corpus.py)
+    c.mlm.layout = "chunk"
+    c.mlm.eval_size = 0.05  # held-out texts: a fraction (< 1) or a count; 0 = none
+
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = ""  # host:port of process 0 ('' = single process/TPU)
     c.distributed.num_processes = 0
@@ -288,13 +308,21 @@ def sweep_tuned(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Reject values that would fail later, deep inside JAX or the data pipeline."""
+MLM_METRICS = ("loss", "accuracy", "perplexity")
+
+
+def validate(config: ml_collections.ConfigDict, task: str = "classify") -> None:
+    """Reject values that would fail later, deep inside JAX or the data pipeline. `task`
+    "mlm" checks a masked-LM run's config (`mlm.*`, no labelled data)."""
     t, e = config.train, config.eval
 
     def need(ok: bool, key: str, value: Any, why: str) -> None:
         if not ok:
             raise UserError(f"config {key}={value!r}: {why}")
+
+    if task == "mlm":
+        _validate_mlm(config, need)
+        return
 
     need(bool(config.model.name_or_path), "model.name_or_path", config.model.name_or_path,
          "must name a model")
@@ -315,6 +343,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     sampling = option(config.data, "pack_sampling", "uniform")
     need(sampling in PACK_SAMPLINGS, "data.pack_sampling", sampling,
          f"must be one of {PACK_SAMPLINGS}")
+    subset = option(config.data, "train_examples", 0)
+    need(isinstance(subset, int) and not isinstance(subset, bool) and subset >= 0,
+         "data.train_examples", subset, "must be an integer >= 0 (0 = the whole train split)")
     need(pack == 0 or pack >= config.data.max_length, "data.pack_length", pack,
          f"must be 0 (off) or at least data.max_length={config.data.max_length}")
     need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
@@ -372,6 +403,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
          t.get("distill_temperature"), "must be > 0")
     need(0 <= option(t, "distill_weight", 0.0) <= 1, "train.distill_weight",
          t.get("distill_weight"), "must be in [0, 1]")
+
+
+def _validate_mlm(config: ml_collections.ConfigDict, need: Any) -> None:
+    m, t, e = config.get("mlm"), config.train, config.eval
+    need(m is not None, "mlm", None, "a masked-LM run needs the mlm section (base_config)")
+    corpus = m.corpus
+    need(isinstance(corpus, tuple | list) and len(corpus) > 0
+         and all(isinstance(x, str) and x for x in corpus), "mlm.corpus", corpus,
+         "must name files or folders of text, e.g. --config.mlm.corpus='(\"a.txt\",)'")
+    need(0 < m.rate < 1, "mlm.rate", m.rate, "must be in (0, 1)")
+    need(m.layout in ("chunk", "pack"), "mlm.layout", m.layout, "must be chunk or pack")
+    need(m.eval_size >= 0, "mlm.eval_size", m.eval_size, "must be >= 0")
+    need(bool(config.model.name_or_path), "model.name_or_path", config.model.name_or_path,
+         "must name a model")
+    need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", config.model.dtype,
+         "must be float32 or bfloat16")
+    need(option(config.model.lora, "rank", None) is None, "model.lora.rank",
+         config.model.lora.get("rank"), "LoRA is for fine-tuning; unset it for masked-LM runs")
+    need(not option(t, "teacher", ()), "train.teacher", t.get("teacher"),
+         "distillation is for fine-tuning; unset it for masked-LM runs")
+    need(config.data.max_length >= 8, "data.max_length", config.data.max_length,
+         "must be >= 8 (the row length)")
+    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
+    need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
+    need(t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps == 0,
+         "train.grad_accum_steps", t.grad_accum_steps,
+         f"must be >= 1 and divide train.batch_size={t.batch_size}")
+    need(t.max_steps > 0 or t.num_epochs > 0, "train.num_epochs", t.num_epochs,
+         "must be > 0 when train.max_steps is 0")
+    need(t.schedule in ("linear", "cosine", "constant"), "train.schedule", t.schedule,
+         "must be linear, cosine or constant")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
+    need(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be > 0")
+    need(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
+    need(e.metric in MLM_METRICS, "eval.metric", e.metric,
+         f"must be a masked-LM metric: {', '.join(MLM_METRICS)}")
+    need(e.metric_mode in ("max", "min"), "eval.metric_mode", e.metric_mode, "must be max or min")
+    need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
+    need(0 <= option(t, "ema_decay", 0.0) < 1, "train.ema_decay", t.get("ema_decay"),
+         "must be in [0, 1) (0 = off)")
+    need(0 < option(t, "layer_decay", 1.0) <= 1, "train.layer_decay", t.get("layer_decay"),
+         "must be in (0, 1] (1 = off)")
 
 
 def eval_weights(config: ml_collections.ConfigDict) -> str:

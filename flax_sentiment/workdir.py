@@ -31,6 +31,7 @@ from flax_sentiment.models.architectures import Architecture, get_architecture
 from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.functional import ModelDef
+from flax_sentiment.models.mlm import MaskedLM, mlm_architecture
 from flax_sentiment.models.pretrained import as_dtype, load_tokenizer
 from flax_sentiment.training.checkpoint import Checkpoints
 
@@ -127,8 +128,9 @@ class Workdir:
                 raise UserError(f"{self.path}: the run kept no moving average of its weights "
                                 "(train.ema_decay=0); use the raw weights")
             compute = as_dtype(dtype or config.model.dtype)
-            abstract = nnx.eval_shape(lambda: SequenceClassifier(enc, dtype=compute,
-                                                                 rngs=nnx.Rngs(0)))
+            masked_lm = meta.get("task") == "mlm"
+            model_cls = MaskedLM if masked_lm else SequenceClassifier
+            abstract = nnx.eval_shape(lambda: model_cls(enc, dtype=compute, rngs=nnx.Rngs(0)))
             model_def = ModelDef(abstract)
             spec = lora.LoraSpec.from_meta(meta["lora"]) if meta.get("lora") else None
             stored = model_def.abstract_params()
@@ -149,10 +151,13 @@ class Workdir:
             adapters = lora.Adapters(spec, params, config.model.name_or_path)
             params = jax.device_get(spec.merge(params, frozen))
         model = model_def.merge(params)
-        return Run(workdir=self.path, step=restored, model=model,
-                   arch=get_architecture(meta["model_type"]),
+        arch = get_architecture(meta["model_type"])
+        if masked_lm:
+            arch = mlm_architecture(arch, meta["hf_config"])
+        return Run(workdir=self.path, step=restored, model=model, arch=arch,
                    label_names=list(meta["label_names"]), config=config,
-                   hf_config=meta["hf_config"], weights=weights, adapters=adapters)
+                   hf_config=meta["hf_config"], weights=weights, adapters=adapters,
+                   start=meta.get("start"))
 
 
 def _choose_step(ckpts: Checkpoints, step: int | str | None, where: Path) -> int:
@@ -177,13 +182,14 @@ class Run:
 
     workdir: Path
     step: int
-    model: SequenceClassifier
+    model: SequenceClassifier | MaskedLM  # a masked-LM run's: MaskedLM, no labels
     arch: Architecture
     label_names: list[str]
     config: ml_collections.ConfigDict
     hf_config: dict[str, Any]
     weights: str = "raw"  # 'raw' or 'ema' (the moving average)
     adapters: lora.Adapters | None = None  # a LoRA run's adapters and head, unmerged
+    start: dict[str, Any] | None = None  # a run started from a workdir: `start.Start` fields
 
     @functools.cached_property
     def tokenizer(self) -> Any:

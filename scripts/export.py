@@ -8,6 +8,8 @@ its logits match the JAX model's; on a mismatch nothing is left at OUT. The card
 the exported step's on --card_splits (default: the run's eval split). --onnx adds model.onnx,
 checked against the PyTorch folder with onnxruntime. --compare_split also reports JAX vs
 PyTorch accuracy on a whole split of the run's data (`--config.data.*` chooses other data).
+A masked-LM workdir (scripts/pretrain.py) exports as an AutoModelForMaskedLM folder, checked
+the same way on its vocabulary logits.
 A LoRA run exports merged like any other; --adapter writes its PEFT adapter folder instead
 (flax_sentiment/export/peft.py), checked by loading it with PEFT.
 """
@@ -54,6 +56,9 @@ def main(argv):
     weights = {"weights": overrides["eval.weights"]} if "eval.weights" in overrides else {}
     run = load_run(FLAGS.workdir, cli.checkpoint_step(), dtype="float32", **weights)
     config = with_overrides(run.config, overrides)
+    if not run.label_names:  # a masked-LM run (scripts/pretrain.py)
+        _export_masked_lm(run)
+        return
     if FLAGS.adapter:
         from flax_sentiment.export.peft import export_run_adapter
 
@@ -86,6 +91,24 @@ def main(argv):
     if "onnx" in report:
         print(f"model.onnx: max abs logit difference vs PyTorch (onnxruntime) "
               f"{report['onnx']['max_abs_diff']:.2e}")
+
+
+def _export_masked_lm(run):
+    from flax_sentiment.export.card import masked_lm_card
+    from flax_sentiment.export.masked_lm import export_masked_lm
+
+    if FLAGS.onnx or FLAGS.adapter or FLAGS.compare_split:
+        cli.fail("--onnx, --adapter and --compare_split are for classifiers; this workdir holds "
+                 "a masked-LM run")
+    report = export_masked_lm(run.model, run.arch, run.hf_config, run.tokenizer, FLAGS.output,
+                              dtype=FLAGS.dtype, overwrite=FLAGS.overwrite,
+                              tolerance=FLAGS.tolerance,
+                              card=masked_lm_card(run, Path(FLAGS.output).name, FLAGS.dtype))
+    report["step"] = run.step
+    print(json.dumps(report, indent=2, default=str))
+    print(f"exported step {run.step} ({run.arch.hf_class}) to {report['path']}: max abs logit "
+          f"difference vs PyTorch {report['max_abs_diff']:.2e} (tolerance "
+          f"{report['tolerance']:.1e})")
 
 
 if __name__ == "__main__":

@@ -288,6 +288,9 @@ def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
              "JAX model's before export." + (" `model.onnx` (float32) was checked against "
                                             "PyTorch with onnxruntime." if onnx else ""),
              ""]
+    start = getattr(run, "start", None)
+    if start:
+        lines += [start_note(start), ""]
     if custom:
         lines += [f"Its head reads the mean of the encoder's output over the real tokens "
                   f"(transformers' {run.arch.hf_class} reads the first token), so the folder "
@@ -336,3 +339,52 @@ def model_card(run: Run, results: Sequence[SplitResult], *, model_name: str,
                   "if k in names})[0]", "```", ""]
     lines += ["## Framework versions", ""] + _versions(onnx)
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
+
+
+def start_note(start: dict[str, Any]) -> str:
+    """The card's sentence on a run that started from another run (`training.start.Start`)."""
+    where = f"`{start['source']}`" + (f" (step {start['step']})" if start.get("step") is not None
+                                      else "")
+    kind = "masked-LM run" if start.get("task") == "mlm" else "model"
+    head = start.get("head")
+    labels = start.get("source_labels")
+    if head == "fresh":
+        why = f" (its labels {labels} are not this model's)" if labels else ""
+        return (f"Training started from the {kind} {where}: its encoder, with a classification "
+                f"head drawn fresh{why}.")
+    order = " (its outputs reordered by label name)" if head == "reordered" else ""
+    return (f"Training started from the {kind} {where}: its encoder and classification "
+            f"head{order}.")
+
+
+def masked_lm_card(run: Run, model_name: str, dtype: str = "float32") -> str:
+    """README.md for a masked-LM export: what it was trained from and on, and how to load it."""
+    config = run.config
+    corpus = ", ".join(f"`{c}`" for c in config.mlm.corpus)
+    start = getattr(run, "start", None) or {}
+    base = start.get("source", str(config.model.name_or_path))
+    result = Workdir(run.workdir).read_results() or {}
+    lines = [f"# {model_name}", "",
+             f"A {run.arch.hf_class} from `{base}` after masked-LM training (continued "
+             f"pretraining) on {corpus} with flax-sentiment (JAX / Flax NNX), exported at step "
+             f"{run.step}. Weights are stored as {dtype}; PyTorch's vocabulary logits were "
+             "checked against the JAX model's before export.", ""]
+    if "loss" in result:
+        lines += [f"Held-out masked-LM loss {result['loss']:.4f}, accuracy "
+                  f"{result['accuracy']:.4f}, perplexity {result['perplexity']:.2f} (step "
+                  f"{result.get('step')}).", ""]
+    m = config.mlm
+    unit = "whole words" if m.whole_word else "tokens"
+    lines += ["## Training", "",
+              f"Masking {m.rate:.0%} of each row's tokens ({unit}; "
+              f"80% mask token, 10% random, 10% kept), rows of {config.data.max_length} tokens "
+              f"({m.layout} layout), batch {config.train.batch_size}, learning rate "
+              f"{config.train.learning_rate}.", "",
+              "## How to use", "", "```python",
+              "from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification",
+              "",
+              f'mlm = AutoModelForMaskedLM.from_pretrained("{model_name}")',
+              "# or fine-tune it: its encoder loads under a fresh classification head",
+              f'clf = AutoModelForSequenceClassification.from_pretrained("{model_name}", '
+              "num_labels=3)", "```", ""]
+    return "\n".join(lines) + "\n"

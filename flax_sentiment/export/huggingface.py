@@ -196,13 +196,11 @@ def float32_reference(model: Any) -> Any:
     """
     from flax import nnx
 
-    from flax_sentiment.models.classifier import SequenceClassifier
-
     dtypes = {np.dtype(m.dtype) for _, m in nnx.iter_graph(model)
               if isinstance(m, nnx.Module) and getattr(m, "dtype", None) is not None}
     if dtypes <= {np.dtype(np.float32)}:
         return model
-    twin = nnx.eval_shape(lambda: SequenceClassifier(model.config, rngs=nnx.Rngs(0)))
+    twin = nnx.eval_shape(lambda: type(model)(model.config, rngs=nnx.Rngs(0)))
     nnx.update(twin, nnx.state(model, nnx.Param))
     return twin
 

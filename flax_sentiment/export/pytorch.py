@@ -44,10 +44,13 @@ def _transformers_log() -> Iterator[list[str]]:
             tlog.enable_progress_bar()
 
 
-def load_torch_model(folder: Path) -> Any:
-    """The exported folder as transformers loads it (float32); any key problem is an error."""
-    from transformers import AutoModelForSequenceClassification
+def load_torch_model(folder: Path, auto_class: str = "AutoModelForSequenceClassification"
+                     ) -> Any:
+    """The exported folder as transformers loads it (float32) with `auto_class` (a masked-LM
+    export: AutoModelForMaskedLM); any key problem is an error."""
+    import transformers
 
+    auto = getattr(transformers, auto_class)
     config = json.loads((Path(folder) / "config.json").read_text())
     if config.get("auto_map") and not remote_code.is_ours(folder, config):
         raise ParityError(f"{folder}: its config.json maps to modeling code that is not "
@@ -55,7 +58,7 @@ def load_torch_model(folder: Path) -> Any:
     with _transformers_log() as messages:
         import torch
 
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = auto.from_pretrained(
             str(folder), dtype=torch.float32, output_loading_info=True,
             trust_remote_code=bool(config.get("auto_map")))
     problems = {k: sorted(v) for k, v in info.items() if v}

@@ -80,12 +80,13 @@ def checkpoint_name(arch: Architecture, param_path: str) -> tuple[str, bool]:
 
 
 def import_weights(model: nnx.Module, arch: Architecture, state_dict: dict[str, np.ndarray],
-                   *, source: str) -> list[str]:
+                   *, source: str, fresh_prefixes: tuple[str, ...] = (HEAD_PREFIX,)
+                   ) -> list[str]:
     """Copy checkpoint tensors into `model` in place; returns the head parameters left fresh.
 
-    A missing head layer (a base-model checkpoint: no classifier, maybe no pooler) is expected
-    and left freshly initialised; any other missing, unexpected or mis-shaped tensor is an
-    error naming it.
+    A missing head layer (under `fresh_prefixes`: a base-model checkpoint has no classifier,
+    maybe no pooler, often no MLM head) is expected and left freshly initialised; any other
+    missing, unexpected or mis-shaped tensor is an error naming it.
     """
     sd = {_normalise(k): v for k, v in state_dict.items()}
     # Base-model checkpoints (AutoModel.save_pretrained) have no "bert." style prefix.
@@ -103,7 +104,7 @@ def import_weights(model: nnx.Module, arch: Architecture, state_dict: dict[str, 
         module = path.rpartition(".")[0]
         if module in missing_modules:
             present = [n for p, _, n, _ in plan if p.startswith(module + ".") and n in sd]
-            if module.startswith(HEAD_PREFIX) and not present:
+            if (module + ".").startswith(fresh_prefixes) and not present:
                 fresh.append(path)
                 continue
             raise UserError(f"{source}: tensor {name!r} is missing from the checkpoint")

@@ -25,26 +25,14 @@ import numpy as np
 from flax_sentiment.config import option
 from flax_sentiment.data.splits import TokenizedSplit
 from flax_sentiment.errors import UserError
+from flax_sentiment.training.start import is_workdir, parse_spec
 
 log = logging.getLogger(__name__)
 
 
 def parse_teacher(spec: str) -> tuple[str, int | str | None]:
     """'DIR' (latest checkpoint), 'DIR@best' or 'DIR@1200'; a model folder or hub id as is."""
-    path, sep, step = spec.rpartition("@")
-    if not sep or "/" in step:
-        return spec, None
-    if step in ("best", "latest"):
-        return path, step
-    if step.isdigit():
-        return path, int(step)
-    raise UserError(f"config train.teacher {spec!r}: after '@' comes a step number, 'best' or "
-                    "'latest'")
-
-
-def _is_workdir(path: str) -> bool:
-    p = Path(path).expanduser()
-    return (p / "checkpoints").is_dir()
+    return parse_spec(spec, key="train.teacher")
 
 
 def load_teacher(spec: str, data: ml_collections.ConfigDict, batch_size: int):
@@ -55,7 +43,7 @@ def load_teacher(spec: str, data: ml_collections.ConfigDict, batch_size: int):
     path, step = parse_teacher(spec)
     options = dict(batch_size=batch_size, max_length=data.max_length,
                    truncation=data.truncation, head_tokens=data.head_tokens)
-    if _is_workdir(path):  # with the tokenization it was trained with
+    if is_workdir(path):  # with the tokenization it was trained with
         return Classifier.from_workdir(path, step, batch_size=batch_size)
     if step is not None:
         raise UserError(f"config train.teacher {spec!r}: {path} is not a training workdir, so "
@@ -82,7 +70,7 @@ def teacher_stamp(spec: str) -> dict[str, Any]:
     from flax_sentiment.sources import resolve
 
     path, step = parse_teacher(spec)
-    if _is_workdir(path):
+    if is_workdir(path):
         from flax_sentiment.config import eval_weights
         from flax_sentiment.workdir import Workdir, _choose_step
 

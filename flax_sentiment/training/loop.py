@@ -43,6 +43,7 @@ from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.models.pretrained import load_pretrained_bundle
 from flax_sentiment.training import distill, initialization
+from flax_sentiment.training import start as start_lib
 from flax_sentiment.training.checkpoint import Checkpoints
 from flax_sentiment.training.steps import Steps, TrainState
 from flax_sentiment.workdir import MetricsWriter, Workdir
@@ -61,7 +62,7 @@ RESUME_KEYS = ("model.name_or_path", "data.name_or_path", "data.subset", "data.l
                "data.pack_row_multiple", "data.pack_sampling", "model.pooling",
                "data.seed", "data.truncation", "data.head_tokens", "data.train_split",
                "data.text_pair_column", "data.eval_split", "data.validation_size",
-               "eval.weights")
+               "eval.weights", "data.train_examples")
 # What keys added since are taken to be in checkpoints that predate them.
 RESUME_DEFAULTS = {"model.reinit_layers": 0, "data.pack_length": 0, "train.ema_decay": 0.0,
                    "data.pack_row_multiple": 1, "data.pack_sampling": "uniform",
@@ -72,7 +73,7 @@ RESUME_DEFAULTS = {"model.reinit_layers": 0, "data.pack_length": 0, "train.ema_d
                    "data.seed": 0, "data.truncation": "head", "data.head_tokens": 64,
                    "data.train_split": "train", "data.text_pair_column": "",
                    "data.eval_split": "validation", "data.validation_size": 0.0,
-                   "eval.weights": "auto"}
+                   "eval.weights": "auto", "data.train_examples": 0}
 
 
 class TrainingDiverged(UserError):
@@ -122,8 +123,7 @@ class Loop:
                 scalars = {k: v for k, v in r.items() if isinstance(v, int | float)}
                 result[name] = scalars
                 self.writer.write(self.step, {f"eval_{name}/{k}": v for k, v in scalars.items()})
-                log.info("step %d eval (%s weights): accuracy=%.4f f1_macro=%.4f", self.step,
-                         name, r["accuracy"], r["f1_macro"])
+                log.info("step %d eval (%s weights): %s", self.step, name, summarize(r))
         metric, mode = self.config.eval.metric, self.config.eval.metric_mode
         best = self.progress["best_value"]
         if best is None or (result[metric] > best if mode == "max" else result[metric] < best):
@@ -132,9 +132,8 @@ class Loop:
             self.progress["bad_evals"] += 1
         self.writer.write(self.step, {f"eval/{k}": v for k, v in result.items()
                                       if isinstance(v, int | float) and k != "step"})
-        log.info("step %d eval: accuracy=%.4f f1_macro=%.4f loss=%.4f ece=%.4f (%.1fs)",
-                 self.step, result["accuracy"], result["f1_macro"], result["loss"],
-                 result["ece"], time.perf_counter() - t0)
+        log.info("step %d eval: %s (%.1fs)", self.step, summarize(result),
+                 time.perf_counter() - t0)
         self.eval_result = self.last_eval = result
         return result
 
@@ -160,6 +159,12 @@ class Hook:
     def due(self, step: int, total_steps: int) -> bool:
         return (self.every > 0 and step % self.every == 0) or (self.at_end and
                                                                step == total_steps)
+
+
+def summarize(result: dict[str, Any]) -> str:
+    """One log line of an evaluation's headline metrics (a classifier's or a masked LM's)."""
+    keys = ("accuracy", "f1_macro", "loss", "ece", "perplexity")
+    return " ".join(f"{k}={result[k]:.4f}" for k in keys if k in result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,12 +225,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Workdir
     Safe to call many times in one process: signal handlers and JAX settings are restored.
     """
     validate(config)
+    return run_loop(config, workdir, hooks, _prepare)
+
+
+def run_loop(config: ml_collections.ConfigDict, workdir: str | Workdir, hooks: Sequence[Hook],
+             prepare: Callable[[ml_collections.ConfigDict, Workdir],
+                               tuple[Loop, batching.Prefetcher]]) -> dict[str, Any]:
+    """The run every task shares: `prepare` (fine-tuning's `_prepare`, or masked-LM
+    training's) builds the `Loop` and its batches; then the hooks, the steps, and the end."""
     wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     wd.check_usable()
     parallel.initialize_distributed(config)
     with parallel.compilation_cache(config.compilation_cache_dir), \
             parallel.compile_timer() as compiled:
-        loop, batches = _prepare(config, wd)
+        loop, batches = prepare(config, wd)
         before, after = default_hooks(config)
         try:
             with StopRequest(loop.checkpoints) as stop:
@@ -260,9 +273,16 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
 
     label_names = list(config.data.label_names)
     head_seed = option(config.model, "head_seed", t.seed)
-    bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
-                                    dtype=config.model.dtype, seed=head_seed,
-                                    pooling=option(config.model, "pooling", "auto"))
+    pooling = option(config.model, "pooling", "auto")
+    if start_lib.is_workdir(config.model.name_or_path):
+        bundle, start = start_lib.classifier_from_workdir(
+            config.model.name_or_path, label_names, dtype=config.model.dtype, seed=head_seed,
+            pooling=pooling)
+    else:
+        bundle = load_pretrained_bundle(config.model.name_or_path, num_labels=len(label_names),
+                                        dtype=config.model.dtype, seed=head_seed,
+                                        pooling=pooling)
+        start = None
     check_max_length(config, bundle.config)
     bundle.model.encoder.remat = option(config.model, "remat", False)
     bundle.model.encoder.scan = option(config.model, "scan_layers", False)
@@ -307,6 +327,8 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
         loop.meta["lora"] = lora_spec.to_meta(initialization.params_digest(frozen))
     if teachers:
         loop.meta["teachers"] = teachers
+    if start is not None:
+        loop.meta["start"] = start.to_meta()
     if resume_step is not None:
         loop.step, loop.state, extra = checkpoints.restore(steps.abstract_state)  # falls back
         _check_same_base(extra["meta"], loop.meta, config)
@@ -471,8 +493,9 @@ def _finish(loop: Loop, reason: str | None, interrupted: bool) -> dict[str, Any]
             results["stop_reason"] = reason
         if parallel.is_main_process() and final is not None:
             loop.workdir.write_results(results)
-            log.info("final evaluation (step %d):\n%s", loop.step,
-                     metrics_lib.format_report(final))
+            report = (metrics_lib.format_report(final) if "f1_macro" in final
+                      else summarize(final))
+            log.info("final evaluation (step %d):\n%s", loop.step, report)
         return results
     finally:
         loop.checkpoints.close()
@@ -502,10 +525,11 @@ def _get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
     return json.loads(json.dumps(value, default=list))
 
 
-def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                    keys: Sequence[str] = RESUME_KEYS) -> None:
     """Refuse to continue a checkpoint under a config that changes what it means."""
     saved_cfg = ml_collections.ConfigDict(saved)
-    for key in RESUME_KEYS:
+    for key in keys:
         old, new = _get_path(saved_cfg, key), _get_path(config, key)
         old = RESUME_DEFAULTS.get(key) if old is None else old
         new = RESUME_DEFAULTS.get(key) if new is None else new
@@ -516,7 +540,8 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
                             f"trained with {old!r} (use a new --workdir, or set it back)")
 
 
-def resumable_step(checkpoints: Checkpoints, config: ml_collections.ConfigDict) -> int | None:
+def resumable_step(checkpoints: Checkpoints, config: ml_collections.ConfigDict,
+                   keys: Sequence[str] = RESUME_KEYS) -> int | None:
     """The newest checkpoint whose metadata reads, checked against `config`; damaged newer
     ones are skipped with a warning (never deleted: the next save at that step replaces them)."""
     found = checkpoints.newest_extra()
@@ -525,7 +550,7 @@ def resumable_step(checkpoints: Checkpoints, config: ml_collections.ConfigDict) 
     if "averaged_from" in found[1]["meta"]:
         raise UserError(f"{checkpoints.directory.parent} holds an average of checkpoints "
                         "(scripts/average.py), not a run to continue: use a new --workdir")
-    check_resumable(found[1]["meta"]["config"], config)
+    check_resumable(found[1]["meta"]["config"], config, keys)
     return found[0]
 
 

@@ -236,6 +236,45 @@ def loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array, 
     return jnp.sum(batch["weights"] * ce), (jnp.sum(w), jnp.sum(correct))
 
 
+def apply_mlm(model: Any, batch: Batch, **kwargs: Any) -> jax.Array:
+    """A `MaskedLM`'s vocabulary logits at the batch's `targets` [rows, P, vocab]."""
+    packed = None
+    if "segment_ids" in batch:
+        packed = PackedRows(batch["segment_ids"], batch["positions"], batch["starts"])
+    return model(batch["input_ids"], batch.get("attention_mask"), None,
+                 targets=batch["targets"], packed=packed, **kwargs)
+
+
+def mlm_counts(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Additive sums over the real targets: cross-entropy, correct predictions, targets."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ids, w = batch["target_ids"], batch["target_weights"]
+    nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+    return {"loss_sum": jnp.sum(w * nll),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == ids) * w),
+            "targets": jnp.sum(w)}
+
+
+def mlm_loss_sum(model_def: ModelDef, params: Params, batch: Batch, rng: jax.Array,
+                 **unused: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Masked-LM cross-entropy summed over the batch's targets (transformers' `*ForMaskedLM`
+    loss times their count, so micro-batches add up); aux (targets, correct)."""
+    logits = apply_mlm(model_def.merge(params), batch, deterministic=False,
+                       dropout_rng=jax.random.wrap_key_data(rng))
+    c = mlm_counts(logits, batch)
+    return c["loss_sum"], (c["targets"], c["correct"])
+
+
+def mlm_metrics(counts: dict[str, Any]) -> dict[str, float]:
+    """Loss (mean over targets), accuracy and perplexity from summed `mlm_counts`."""
+    n = float(counts["targets"])
+    if n <= 0:
+        raise UserError("masked-LM evaluation: no targets (the held-out texts are empty)")
+    loss = float(counts["loss_sum"]) / n
+    return {"loss": loss, "accuracy": float(counts["correct"]) / n,
+            "perplexity": float(np.exp(min(loss, 700.0))), "targets": int(round(n))}
+
+
 def full_params(params: Params, frozen: Params | None, lora: LoraSpec | None) -> Params:
     """What the model runs on: `params` itself, or with LoRA the frozen base and the adapters
     merged (`lora.LoraSpec.merge`)."""
@@ -243,18 +282,20 @@ def full_params(params: Params, frozen: Params | None, lora: LoraSpec | None) ->
 
 
 def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_labels: int,
-                    num_layers: int = 0, lora: LoraSpec | None = None
+                    num_layers: int = 0, lora: LoraSpec | None = None, task: str = "classify"
                     ) -> Callable[..., tuple[TrainState, Batch]]:
     """`train_step(state, batch, h)`; `h` = `hyperparameters(...)`, arguments of the step.
     With `lora`: `train_step(state, batch, h, frozen)`, gradients for `state.params` alone;
-    with `lora.dropout` > 0 the model runs its adapters unmerged, their input dropped."""
+    with `lora.dropout` > 0 the model runs its adapters unmerged, their input dropped.
+    `task` "mlm": the masked-LM loss (`mlm_loss_sum`), accuracy over the masked targets."""
     adapted = unmerged(model_def, lora) if lora is not None and lora.dropout > 0 else None
+    objective = mlm_loss_sum if task == "mlm" else loss_sum
 
     def loss(params, frozen, batch, rng, **kwargs):
         if adapted is None:
-            return loss_sum(model_def, full_params(params, frozen, lora), batch, rng, **kwargs)
+            return objective(model_def, full_params(params, frozen, lora), batch, rng, **kwargs)
         with adapter_dropout(rng):
-            return loss_sum(adapted, {**frozen, **params}, batch, rng, **kwargs)
+            return objective(adapted, {**frozen, **params}, batch, rng, **kwargs)
 
     grad_fn = jax.value_and_grad(loss, argnums=0, has_aux=True)
     k = t.grad_accum_steps
@@ -299,7 +340,7 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
         examples = jnp.sum(batch["weights"])
         metrics = {
             "loss": loss / denom,
-            "accuracy": correct / jnp.maximum(examples, 1.0),
+            "accuracy": correct / jnp.maximum(w if task == "mlm" else examples, 1.0),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             "learning_rate": schedule_value(t.schedule, h, state.step),
@@ -309,6 +350,15 @@ def make_train_step(model_def: ModelDef, t: ml_collections.ConfigDict, *, num_la
                              ema=ema), metrics
 
     return train_step
+
+
+def make_mlm_model_step(model_def: ModelDef) -> Callable[..., dict[str, jax.Array]]:
+    """A masked-LM forward pass: the batch's additive `mlm_counts`."""
+
+    def model_step(params: Params, batch: Batch) -> dict[str, jax.Array]:
+        return mlm_counts(apply_mlm(model_def.merge(params), batch), batch)
+
+    return model_step
 
 
 def make_model_step(model_def: ModelDef, num_labels: int, lora: LoraSpec | None = None
@@ -378,8 +428,12 @@ class Steps:
 
     def __init__(self, model_def: ModelDef, num_labels: int, mesh: jax.sharding.Mesh, *,
                  train: ml_collections.ConfigDict | None = None, total_steps: int = 0,
-                 lora: LoraSpec | None = None, frozen: Params | None = None):
+                 lora: LoraSpec | None = None, frozen: Params | None = None,
+                 task: str = "classify"):
         self.model_def, self.num_labels, self.mesh = model_def, num_labels, mesh
+        self.task = task
+        if task == "mlm" and lora is not None:
+            raise UserError("masked-LM training with LoRA is not supported: unset model.lora.rank")
         self.replicated = parallel.replicated(mesh)
         self.data_sharding = parallel.data_sharded(mesh)
         self.lora = lora
@@ -388,10 +442,11 @@ class Steps:
         # The frozen base: one more argument of each step (nothing without LoRA).
         self._frozen = () if lora is None else (replicate(jax.device_get(frozen), mesh),)
         more = () if lora is None else (self.replicated,)
-        key = (model_def.key(), num_labels, mesh) + (() if lora is None else (lora.key(),))
+        key = (model_def.key(), num_labels, mesh, task) + (() if lora is None else (lora.key(),))
         if ("model", *key) not in _JITTED:
             _JITTED[("model", *key)] = jax.jit(
-                make_model_step(model_def, num_labels, lora),
+                make_mlm_model_step(model_def) if task == "mlm"
+                else make_model_step(model_def, num_labels, lora),
                 in_shardings=(self.replicated, self.data_sharding, *more),
                 out_shardings=self.replicated)
         self.model_step = _JITTED[("model", *key)]
@@ -422,7 +477,7 @@ class Steps:
         if ("train", *key, static) not in _JITTED:
             _JITTED[("train", *key, static)] = jax.jit(
                 make_train_step(model_def, train, num_labels=num_labels,
-                                num_layers=num_layers, lora=lora),
+                                num_layers=num_layers, lora=lora, task=task),
                 in_shardings=(self.state_sharding, self.data_sharding, self.replicated, *more),
                 out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
         self.train_step_jit = _JITTED[("train", *key, static)]
@@ -484,11 +539,14 @@ class Steps:
 
     def evaluate(self, params: Params, batches: Iterable[batching.Batch],
                  label_names: list[str]) -> dict[str, Any]:
-        """Every metric of `metrics.compute_metrics` from the summed counts of `batches`."""
+        """Every metric of `metrics.compute_metrics` from the summed counts of `batches` (a
+        masked-LM's: `mlm_metrics`)."""
         counts = None
         for out in self.run(params, batches):
-            c = out["counts"]
+            c = out if self.task == "mlm" else out["counts"]
             counts = c if counts is None else metrics_lib.add_counts(counts, c)
         if counts is None:
             raise UserError("evaluation split is empty")
+        if self.task == "mlm":
+            return mlm_metrics(jax.device_get(counts))
         return metrics_lib.compute_metrics(jax.device_get(counts), label_names)
