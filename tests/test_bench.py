@@ -89,9 +89,12 @@ def _check_trainer_rows(out, results, sections):
 def test_bench_quick_in_process_sections_and_the_trainer(shared_data, tmp_path):
     """Every in-process section, and the whole-process comparison with the Trainer (one cold
     run a side); the warm reruns of the epoch section are `slow`'s sibling below."""
-    sections = ("peak", "train", "profile", "data", "eval", "gpu", "trainer")
+    sections = ("peak", "train", "profile", "data", "eval", "gpu", "mlm-input", "trainer")
     out, results = _bench(shared_data, tmp_path, *sections)
     _check_in_process_sections(out)
+    mlm = results["mlm_input"]
+    assert f"input / step: {mlm['ratio']:.1f}x" in out
+    assert mlm["rows"] > 0 and mlm["iterator_tokens_per_s"] > 0 and mlm["step_tokens_per_s"] > 0
     assert "== trainer6: whole processes" in out and "trainer-epoch" not in out
     _check_trainer_rows(out, results, ("trainer",))
 
