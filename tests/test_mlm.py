@@ -245,10 +245,11 @@ def test_corpus_rows_chunk_and_pack(tmp_path, tweet_rows):
     chunk = corpus_lib.build_rows(ds, tokenizer, length=16, layout="chunk", pad_id=0)
     flat = [t for seq in enc for t in seq]
     assert len(chunk) == len(flat) // 16
-    np.testing.assert_array_equal(np.concatenate(list(chunk["input_ids"])),
+    np.testing.assert_array_equal(np.asarray(chunk[:]["input_ids"]).ravel(),
                                   flat[: len(chunk) * 16])
     pack = corpus_lib.build_rows(ds, tokenizer, length=16, layout="pack", pad_id=0)
-    ids, seg = pack["input_ids"], pack["segment_ids"]
+    rows = pack[:]
+    ids, seg = np.asarray(rows["input_ids"]), np.asarray(rows["segment_ids"])
     pieces = sorted(tuple(ids[r][seg[r] == s]) for r in range(len(pack))
                     for s in range(1, seg[r].max() + 1))
     want = sorted(tuple(seq[i:i + 16]) for seq in enc for i in range(0, len(seq), 16))
