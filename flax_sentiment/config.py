@@ -320,6 +320,7 @@ def validate(config: ml_collections.ConfigDict, task: str = "classify") -> None:
         if not ok:
             raise UserError(f"config {key}={value!r}: {why}")
 
+    _validate_training(config, need)
     if task == "mlm":
         _validate_mlm(config, need)
         return
@@ -348,31 +349,13 @@ def validate(config: ml_collections.ConfigDict, task: str = "classify") -> None:
          "data.train_examples", subset, "must be an integer >= 0 (0 = the whole train split)")
     need(pack == 0 or pack >= config.data.max_length, "data.pack_length", pack,
          f"must be 0 (off) or at least data.max_length={config.data.max_length}")
-    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
-    need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
-    need(t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps == 0,
-         "train.grad_accum_steps", t.grad_accum_steps,
-         f"must be >= 1 and divide train.batch_size={t.batch_size}")
-    need(t.max_steps > 0 or t.num_epochs > 0, "train.num_epochs", t.num_epochs,
-         "must be > 0 when train.max_steps is 0")
-    need(t.schedule in ("linear", "cosine", "constant"), "train.schedule", t.schedule,
-         "must be linear, cosine or constant")
-    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing,
          "must be in [0, 1)")
     need(not t.class_weights or len(t.class_weights) == len(config.data.label_names),
          "train.class_weights", tuple(t.class_weights),
          f"needs one weight per label ({len(config.data.label_names)})")
-    need(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be > 0")
-    need(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
-    need(e.metric_mode in ("max", "min"), "eval.metric_mode", e.metric_mode, "must be max or min")
     need(e.metric in SCALAR_METRICS, "eval.metric", e.metric,
          f"must be a computed metric: {', '.join(SCALAR_METRICS)}")
-    need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
-    need(0 < option(t, "layer_decay", 1.0) <= 1, "train.layer_decay", t.get("layer_decay"),
-         "must be in (0, 1] (1 = off)")
-    need(0 <= option(t, "ema_decay", 0.0) < 1, "train.ema_decay", t.get("ema_decay"),
-         "must be in [0, 1) (0 = off)")
     need(option(e, "weights", "auto") in ("auto", "raw", "ema"), "eval.weights",
          e.get("weights"), "must be auto, raw or ema")
     need(option(e, "weights", "auto") != "ema" or option(t, "ema_decay", 0.0) > 0,
@@ -405,6 +388,29 @@ def validate(config: ml_collections.ConfigDict, task: str = "classify") -> None:
          t.get("distill_weight"), "must be in [0, 1]")
 
 
+def _validate_training(config: ml_collections.ConfigDict, need: Any) -> None:
+    """The train, eval and checkpoint keys every run has (fine-tuning and masked-LM alike)."""
+    t, e = config.train, config.eval
+    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
+    need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
+    need(t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps == 0,
+         "train.grad_accum_steps", t.grad_accum_steps,
+         f"must be >= 1 and divide train.batch_size={t.batch_size}")
+    need(t.max_steps > 0 or t.num_epochs > 0, "train.num_epochs", t.num_epochs,
+         "must be > 0 when train.max_steps is 0")
+    need(t.schedule in ("linear", "cosine", "constant"), "train.schedule", t.schedule,
+         "must be linear, cosine or constant")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
+    need(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be > 0")
+    need(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
+    need(e.metric_mode in ("max", "min"), "eval.metric_mode", e.metric_mode, "must be max or min")
+    need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
+    need(0 < option(t, "layer_decay", 1.0) <= 1, "train.layer_decay", t.get("layer_decay"),
+         "must be in (0, 1] (1 = off)")
+    need(0 <= option(t, "ema_decay", 0.0) < 1, "train.ema_decay", t.get("ema_decay"),
+         "must be in [0, 1) (0 = off)")
+
+
 def _validate_mlm(config: ml_collections.ConfigDict, need: Any) -> None:
     m, t, e = config.get("mlm"), config.train, config.eval
     need(m is not None, "mlm", None, "a masked-LM run needs the mlm section (base_config)")
@@ -425,26 +431,8 @@ def _validate_mlm(config: ml_collections.ConfigDict, need: Any) -> None:
          "distillation is for fine-tuning; unset it for masked-LM runs")
     need(config.data.max_length >= 8, "data.max_length", config.data.max_length,
          "must be >= 8 (the row length)")
-    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
-    need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
-    need(t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps == 0,
-         "train.grad_accum_steps", t.grad_accum_steps,
-         f"must be >= 1 and divide train.batch_size={t.batch_size}")
-    need(t.max_steps > 0 or t.num_epochs > 0, "train.num_epochs", t.num_epochs,
-         "must be > 0 when train.max_steps is 0")
-    need(t.schedule in ("linear", "cosine", "constant"), "train.schedule", t.schedule,
-         "must be linear, cosine or constant")
-    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
-    need(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be > 0")
-    need(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
     need(e.metric in MLM_METRICS, "eval.metric", e.metric,
          f"must be a masked-LM metric: {', '.join(MLM_METRICS)}")
-    need(e.metric_mode in ("max", "min"), "eval.metric_mode", e.metric_mode, "must be max or min")
-    need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
-    need(0 <= option(t, "ema_decay", 0.0) < 1, "train.ema_decay", t.get("ema_decay"),
-         "must be in [0, 1) (0 = off)")
-    need(0 < option(t, "layer_decay", 1.0) <= 1, "train.layer_decay", t.get("layer_decay"),
-         "must be in (0, 1] (1 = off)")
 
 
 def eval_weights(config: ml_collections.ConfigDict) -> str:

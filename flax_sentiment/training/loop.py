@@ -254,10 +254,10 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str | Workdir, hooks: S
     return results
 
 
-def _prepare(config: ml_collections.ConfigDict, wd: Workdir
-             ) -> tuple[Loop, batching.Prefetcher]:
-    """Everything a run needs, restored from the newest readable checkpoint or fresh. Nothing
-    is written until the model and data have loaded (a bad name leaves no half-made workdir)."""
+def mesh_and_resume(config: ml_collections.ConfigDict, wd: Workdir, keys: Sequence[str]
+                    ) -> tuple[jax.sharding.Mesh, int | None, set[int]]:
+    """The mesh (the batch checked against it) and the step to resume from (checked against
+    `keys` before anything loads), with the damaged checkpoints seen on the way."""
     mesh = parallel.make_mesh()
     t = config.train
     parallel.check_batch_size(t.batch_size, mesh)
@@ -268,8 +268,17 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     resume_step, damaged = None, set()
     if wd.checkpoints_dir.is_dir():  # refuse a resume that cannot work before loading
         existing = wd.checkpoints(read_only=True)
-        resume_step, damaged = resumable_step(existing, config), existing.damaged
+        resume_step, damaged = resumable_step(existing, config, keys), existing.damaged
         existing.close()
+    return mesh, resume_step, damaged
+
+
+def _prepare(config: ml_collections.ConfigDict, wd: Workdir
+             ) -> tuple[Loop, batching.Prefetcher]:
+    """Everything a run needs, restored from the newest readable checkpoint or fresh. Nothing
+    is written until the model and data have loaded (a bad name leaves no half-made workdir)."""
+    mesh, resume_step, damaged = mesh_and_resume(config, wd, RESUME_KEYS)
+    t = config.train
 
     label_names = list(config.data.label_names)
     head_seed = option(config.model, "head_seed", t.seed)

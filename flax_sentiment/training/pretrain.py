@@ -25,7 +25,6 @@ from flax_sentiment.config import option, to_json, validate
 from flax_sentiment.data import batching
 from flax_sentiment.data.corpus import MlmEvalBatches, MlmTrainIterator, load_corpus
 from flax_sentiment.data.masking import Masker, max_predictions
-from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.models.pretrained import load_tokenizer
 from flax_sentiment.training import initialization
@@ -37,7 +36,7 @@ from flax_sentiment.training.loop import (
     _precompile,
     _progress_bar,
     check_max_length,
-    resumable_step,
+    mesh_and_resume,
     run_loop,
 )
 from flax_sentiment.training.steps import Steps
@@ -62,18 +61,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Workdir,
 
 def _prepare(config: ml_collections.ConfigDict, wd: Workdir
              ) -> tuple[Loop, batching.Prefetcher]:
-    mesh = parallel.make_mesh()
+    mesh, resume_step, damaged = mesh_and_resume(config, wd, RESUME_KEYS)
     t = config.train
-    parallel.check_batch_size(t.batch_size, mesh)
-    if (t.batch_size // t.grad_accum_steps) % mesh.devices.size:
-        raise UserError(f"train.batch_size / train.grad_accum_steps = "
-                        f"{t.batch_size // t.grad_accum_steps} must be a multiple of the "
-                        f"device count ({mesh.devices.size})")
-    resume_step, damaged = None, set()
-    if wd.checkpoints_dir.is_dir():
-        existing = wd.checkpoints(read_only=True)
-        resume_step, damaged = resumable_step(existing, config, RESUME_KEYS), existing.damaged
-        existing.close()
     seed = option(config.model, "head_seed", t.seed)
     bundle, start = start_lib.masked_lm_start(config.model.name_or_path,
                                               dtype=config.model.dtype, seed=seed)
