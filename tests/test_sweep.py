@@ -451,17 +451,17 @@ def test_the_lease_is_renewed_while_a_trial_runs_and_released_on_a_stop(tmp_path
     with sweep_lib.Lease(folder):
         first = read()
         time.sleep(0.5)  # e.g. tokenizing, compiling or a long evaluation: no step runs
-        assert read()["time"] > first["time"] and sweep_lib._alive(read())
+        assert read()["time"] > first["time"] and sweep_lib.lease_alive(read())
     assert not (folder / "lease.json").exists()
     with sweep_lib.Lease(folder) as lease:
         lease.release()
-    assert read()["released"] and not sweep_lib._alive(read())
+    assert read()["released"] and not sweep_lib.lease_alive(read())
     with pytest.raises(KeyboardInterrupt), sweep_lib.Lease(folder):
         raise KeyboardInterrupt
     assert read()["released"]
     monkeypatch.setattr(sweep_lib, "LEASE_TIMEOUT", 0.1)  # another host's lease: by its age
-    sweep_lib._write_lease(folder)
+    sweep_lib.write_lease(folder)
     stale = dict(read(), host="elsewhere")
-    assert sweep_lib._alive(stale)
+    assert sweep_lib.lease_alive(stale)
     time.sleep(0.2)
-    assert not sweep_lib._alive(stale)
+    assert not sweep_lib.lease_alive(stale)

@@ -9,6 +9,7 @@ A failed export leaves `output` exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -16,7 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,36 @@ def _replace(tmp: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged(output: Path, overwrite: bool) -> Iterator[Path]:
+    """A fresh folder beside `output` for an export to be written and checked in. When the block
+    finishes, it replaces `output` (checked again: it may have appeared meanwhile); when the
+    block raises (a failed check, Ctrl-C), it is removed and `output` stays exactly as it was."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+        yield tmp
+        check_output(output, overwrite)
+        _replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def saved_tokenizer(folder: Path, tokenizer: Any, texts: Sequence[str], output: Path) -> Any:
+    """The tokenizer saved in `folder`, reloaded as users will load it; it must encode `texts`
+    exactly as the one we trained with."""
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(str(folder))
+    if reloaded(list(texts))["input_ids"] != tokenizer(list(texts))["input_ids"]:
+        raise ParityError(f"{output}: the saved tokenizer encodes differently from the original")
+    return reloaded
+
+
 def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokenizer: Any,
               label_names: Sequence[str], output: str | Path, *, dtype: str = "float32",
               overwrite: bool = False, parity_texts: Sequence[str] | None = None,
@@ -268,25 +299,14 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
         setattr(config, TOKENIZATION_KEY, dict(tokenization))
     tokenizer = with_max_length(tokenizer, tokenization)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    texts = list(PARITY_TEXTS if parity_texts is None else parity_texts)
+    with staged(output, overwrite) as tmp:
         config.save_pretrained(str(tmp))
         if remote_code.remote_class(arch, pooling) is not None:
             remote_code.write(tmp)
         _save_weights(export_state_dict(model, arch), tmp / "model.safetensors", dtype)
         tokenizer.save_pretrained(str(tmp))
-        # The saved tokenizer (what users get) must encode exactly as the one we trained with.
-        from transformers import AutoTokenizer
-
-        texts = list(PARITY_TEXTS if parity_texts is None else parity_texts)
-        reloaded = AutoTokenizer.from_pretrained(str(tmp))
-        if reloaded(texts)["input_ids"] != tokenizer(texts)["input_ids"]:
-            raise ParityError(f"{output}: the saved tokenizer encodes differently from the "
-                              "original")
+        reloaded = saved_tokenizer(tmp, tokenizer, texts, output)
         diff, ours = _parity(float32_reference(model), tmp, reloaded, texts)
         limit = effective_tolerance(tolerance, dtype, ours)
         if not diff <= limit:
@@ -304,12 +324,7 @@ def export_hf(model: Any, arch: Architecture, hf_config: dict[str, Any], tokeniz
                                           example_texts=ONNX_EXAMPLE_TEXTS, tolerance=tolerance)
             except ParityError as e:
                 raise ParityError(f"{output}: {e}") from None
-        check_output(output, overwrite)  # it may have appeared while we worked
-        files = sorted(p.name for p in tmp.iterdir())
-        _replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    files = sorted(p.name for p in output.iterdir())
     size = (output / "model.safetensors").stat().st_size
     report = {"path": str(output), "dtype": dtype, "num_labels": num_labels,
               "label_names": label_names, "model_type": arch.model_type,

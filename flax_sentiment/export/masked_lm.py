@@ -9,9 +9,6 @@ head's dense, norm and output bias; transformers ties the decoder on load.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +20,12 @@ from flax_sentiment.export.huggingface import (
     EXPORT_DTYPES,
     PARITY_TEXTS,
     _max_tokens,
-    _replace,
     _save_weights,
     check_output,
     effective_tolerance,
+    float32_reference,
+    saved_tokenizer,
+    staged,
 )
 from flax_sentiment.export.pytorch import ParityError, load_torch_model
 from flax_sentiment.models.architectures import Architecture
@@ -82,24 +81,12 @@ def export_masked_lm(model: Any, arch: Architecture, hf_config: dict[str, Any], 
     output = Path(output).expanduser().absolute()
     check_output(output, overwrite)
     config = build_mlm_config(hf_config, arch, dtype)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
+    texts = list(PARITY_TEXTS)
+    with staged(output, overwrite) as tmp:
         config.save_pretrained(str(tmp))
         _save_weights(export_state_dict(model, arch), tmp / "model.safetensors", dtype)
         tokenizer.save_pretrained(str(tmp))
-        from transformers import AutoTokenizer
-
-        texts = list(PARITY_TEXTS)
-        reloaded = AutoTokenizer.from_pretrained(str(tmp))
-        if reloaded(texts)["input_ids"] != tokenizer(texts)["input_ids"]:
-            raise ParityError(f"{output}: the saved tokenizer encodes differently from the "
-                              "original")
-        from flax_sentiment.export.huggingface import float32_reference
-
+        reloaded = saved_tokenizer(tmp, tokenizer, texts, output)
         diff, ours = mlm_parity(float32_reference(model), tmp, reloaded, texts)
         limit = effective_tolerance(tolerance, dtype, ours)
         if not diff <= limit:
@@ -107,12 +94,7 @@ def export_masked_lm(model: Any, arch: Architecture, hf_config: dict[str, Any], 
                               f"(tolerance {limit:.3g}); nothing was written")
         if card is not None:
             (tmp / "README.md").write_text(card)
-        check_output(output, overwrite)
-        files = sorted(p.name for p in tmp.iterdir())
-        _replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    files = sorted(p.name for p in output.iterdir())
     return {"path": str(output), "dtype": dtype, "model_type": arch.model_type,
             "hf_class": arch.hf_class, "max_abs_diff": diff, "tolerance": limit,
             "num_parity_texts": len(texts), "files": files,

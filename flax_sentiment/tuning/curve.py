@@ -49,7 +49,14 @@ from flax_sentiment.data import splits
 from flax_sentiment.data.loading import SplitLoader
 from flax_sentiment.errors import UserError
 from flax_sentiment.training.loop import TrainingDiverged, train_and_evaluate
-from flax_sentiment.tuning.sweep import LEASE, Lease, _alive, _locked, _write_lease, apply_params
+from flax_sentiment.tuning.sweep import (
+    LEASE,
+    Lease,
+    apply_params,
+    folder_lock,
+    lease_alive,
+    write_lease,
+)
 from flax_sentiment.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -273,7 +280,7 @@ class Curve:
     def _claim(self) -> Trial | None:
         """The first trial that is not finished and that no live worker holds, its lease
         written (under the folder lock, so two workers never take one trial)."""
-        with _locked(self.folder):
+        with folder_lock(self.folder):
             for trial in self.trials:
                 if trial in self._attempted:
                     continue
@@ -286,14 +293,14 @@ class Curve:
                 if status == "failed":
                     continue
                 lease = _read_json(folder / LEASE)
-                if lease and _alive(lease):
+                if lease and lease_alive(lease):
                     continue
                 if lease:
                     log.warning("trial %s continues (its worker, pid %s on %s, %s), from its "
                                 "newest checkpoint if it saved one", trial.name,
                                 lease.get("pid"), lease.get("host"),
                                 "stopped" if lease.get("released") else "died")
-                _write_lease(folder)
+                write_lease(folder)
                 return trial
         return None
 
@@ -429,7 +436,7 @@ class Curve:
         summary = self.summary(rows)
         if self.stopped:
             summary["stopped"] = self.stopped
-        with _locked(self.folder):  # workers finishing together write whole files in turn
+        with folder_lock(self.folder):  # workers finishing together write whole files in turn
             columns = ["start", "spec", "n", "seed", "steps", "status", *SCALAR_METRICS,
                        "seconds", "compile_seconds"]
             if self.test_split:

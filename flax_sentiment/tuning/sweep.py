@@ -171,7 +171,7 @@ def check_in_space(values: Mapping[str, Any], space: Mapping[str, Mapping[str, A
 # Trials
 
 
-def _alive(lease: Mapping[str, Any]) -> bool:
+def lease_alive(lease: Mapping[str, Any]) -> bool:
     """Whether the worker that holds `lease` may still be running its trial."""
     if lease.get("released"):
         return False
@@ -186,7 +186,7 @@ def _alive(lease: Mapping[str, Any]) -> bool:
     return time.time() - float(lease.get("time", 0)) < LEASE_TIMEOUT
 
 
-def _write_lease(folder: Path, **fields: Any) -> None:
+def write_lease(folder: Path, **fields: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{LEASE}.{os.getpid()}.{threading.get_ident()}"
     tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -209,13 +209,13 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_RENEW):
             with contextlib.suppress(OSError):
-                _write_lease(self.folder)
+                write_lease(self.folder)
 
     def release(self) -> None:
         self.released = True
 
     def __enter__(self) -> Lease:
-        _write_lease(self.folder)
+        write_lease(self.folder)
         self._thread.start()
         return self
 
@@ -223,13 +223,13 @@ class Lease:
         self._stop.set()
         self._thread.join()
         if self.released or (exc_type is not None and not issubclass(exc_type, Exception)):
-            _write_lease(self.folder, released=True)  # Ctrl-C twice, SystemExit: still open
+            write_lease(self.folder, released=True)  # Ctrl-C twice, SystemExit: still open
         else:
             (self.folder / LEASE).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Any:
+def folder_lock(folder: Path) -> Any:
     """An exclusive lock on the sweep folder, between workers that share it."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a") as f:
@@ -363,7 +363,7 @@ class Sweep:
     def _lead(self) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         target = int(self.config.sweep.trials)
-        with _locked(self.folder):
+        with folder_lock(self.folder):
             self._enqueue_config()
             worker = self._register_worker()
         self.study.sampler = self._sampler(worker)
@@ -426,7 +426,7 @@ class Sweep:
         parameter set is taken by one worker only; a new trial whose parameters another trial
         already has takes that trial's outcome instead of training (trial None)."""
 
-        with _locked(self.folder):
+        with folder_lock(self.folder):
             trial = self._claim_open_trial()
             if trial is None:
                 trial = self.study.ask()
@@ -434,7 +434,7 @@ class Sweep:
             folder = Path(trial.user_attrs.get("workdir")
                           or self.folder / "trials" / f"{trial.number:04d}")
             trial.set_user_attr("workdir", str(folder))
-            _write_lease(folder)
+            write_lease(folder)
             same = self._same_params(trial.number, params)
             if same is None:
                 return trial, params
@@ -472,7 +472,7 @@ class Sweep:
                 lease = json.loads(lease_file.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if _alive(lease):
+            if lease_alive(lease):
                 continue
             log.warning("trial %d continues (its worker, pid %s on %s, %s) in %s, from its "
                         "newest checkpoint if it saved one", t.number, lease.get("pid"),
