@@ -167,7 +167,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.every_steps = 500  # 0 = only at the end
     c.eval.batch_size = 128
     c.eval.metric = "accuracy"  # tracked for the best checkpoint and early stopping
-    c.eval.metric_mode = "max"  # max | min
+    # auto | max | min: auto is min for loss, ece and perplexity, max for the rest
+    c.eval.metric_mode = "auto"
     c.eval.early_stopping_patience = 0  # evals without improvement before stopping; 0 = off
     # The weights a run is judged by (best checkpoint, early stopping, eval_results.json) and
     # that evaluate / predict / export load: raw | ema | auto (ema when train.ema_decay > 0).
@@ -403,7 +404,8 @@ def _validate_training(config: ml_collections.ConfigDict, need: Any) -> None:
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
     need(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be > 0")
     need(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be > 0")
-    need(e.metric_mode in ("max", "min"), "eval.metric_mode", e.metric_mode, "must be max or min")
+    need(e.metric_mode in ("auto", "max", "min"), "eval.metric_mode", e.metric_mode,
+         "must be auto, max or min")
     need(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "must be >= 1")
     need(0 < option(t, "layer_decay", 1.0) <= 1, "train.layer_decay", t.get("layer_decay"),
          "must be in (0, 1] (1 = off)")
@@ -433,6 +435,22 @@ def _validate_mlm(config: ml_collections.ConfigDict, need: Any) -> None:
          "must be >= 8 (the row length)")
     need(e.metric in MLM_METRICS, "eval.metric", e.metric,
          f"must be a masked-LM metric: {', '.join(MLM_METRICS)}")
+
+
+# Metrics where lower is better: eval.metric_mode "auto" minimises them.
+LOWER_IS_BETTER = ("loss", "ece", "perplexity")
+
+
+def metric_mode(config: ml_collections.ConfigDict | None) -> str:
+    """'max' or 'min': the direction in which `eval.metric` improves (the best checkpoint, early
+    stopping, a sweep's objective). "auto" reads it from the metric, so a run judged by its
+    loss never keeps its worst checkpoint as the best."""
+    if config is None:
+        return "max"
+    mode = option(config.eval, "metric_mode", "auto")
+    if mode == "auto":
+        return "min" if option(config.eval, "metric", "accuracy") in LOWER_IS_BETTER else "max"
+    return mode
 
 
 def eval_weights(config: ml_collections.ConfigDict) -> str:

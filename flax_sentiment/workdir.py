@@ -24,7 +24,7 @@ import ml_collections
 from flax import nnx
 
 from flax_sentiment import parallel
-from flax_sentiment.config import eval_weights, from_dict, option, to_json
+from flax_sentiment.config import eval_weights, from_dict, metric_mode, option, to_json
 from flax_sentiment.errors import UserError
 from flax_sentiment.models import lora
 from flax_sentiment.models.architectures import Architecture, get_architecture
@@ -112,7 +112,7 @@ class Workdir:
                             "the run saved nothing yet)")
         config = self.read_config()
         metric = config.eval.metric if config is not None else "accuracy"
-        mode = config.eval.metric_mode if config is not None else "max"
+        mode = metric_mode(config)
         ckpts = self.checkpoints(read_only=True, metric=metric, mode=mode)
         try:
             chosen = _choose_step(ckpts, step, self.path)

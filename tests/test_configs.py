@@ -100,3 +100,17 @@ def test_tweet_eval_best_is_the_base_recipe_plus_the_techniques():
                        ("train", "ema_decay")}
     assert {k: v for k, v in best.items() if not isinstance(v, dict)} == \
         {k: v for k, v in base.items() if not isinstance(v, dict)}
+
+
+def test_metric_mode_follows_the_metric_unless_set():
+    from flax_sentiment.config import base_config, metric_mode
+
+    c = base_config()
+    assert c.eval.metric_mode == "auto" and metric_mode(c) == "max"  # accuracy
+    for metric, mode in [("loss", "min"), ("ece", "min"), ("perplexity", "min"),
+                         ("f1_macro", "max")]:
+        c.eval.metric = metric
+        assert metric_mode(c) == mode
+    c.eval.metric_mode = "max"
+    assert metric_mode(c) == "max"  # an explicit choice wins
+    assert metric_mode(None) == "max"  # a workdir without a config

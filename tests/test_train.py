@@ -405,19 +405,21 @@ def test_early_stopping_ends_the_run_and_reports_the_best_step(tiny, tmp_path, c
     assert saved["best_step"] == results["best_step"]
 
 
-def test_best_checkpoint_is_kept_and_loadable(tiny, tmp_path):
+@pytest.mark.parametrize("mode", ["max", "auto"])
+def test_best_checkpoint_is_kept_and_loadable(tiny, tmp_path, mode):
     from flax_sentiment.workdir import load_run
 
+    # "max": best = highest loss, an early step, so the best is not also the latest. "auto"
+    # (the default) judges a loss the way it improves: best = lowest.
     config = tiny_config(tiny["model"], tiny["data"], **{
         "train.max_steps": 12, "eval.every_steps": 2, "checkpoint.every_steps": 0,
-        "checkpoint.keep": 1, "eval.metric": "loss",
-        # "best" = highest loss: an early step, so the best is not also the latest.
-        "eval.metric_mode": "max"})
+        "checkpoint.keep": 1, "eval.metric": "loss", "eval.metric_mode": mode})
     results = train_and_evaluate(config, tmp_path / "run")
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["eval/loss"] for r in rows if "eval/loss" in r}
-    best = max(losses, key=losses.get)
-    assert results["best_step"] == best < 12
+    best = (max if mode == "max" else min)(losses, key=losses.get)
+    assert results["best_step"] == best
+    assert mode == "auto" or best < 12
     steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
                    if p.name.isdigit())
     assert steps == sorted({best, 12})  # the latest plus the best, nothing else

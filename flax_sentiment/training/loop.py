@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from flax_sentiment import parallel
-from flax_sentiment.config import eval_weights, option, to_json, validate
+from flax_sentiment.config import eval_weights, metric_mode, option, to_json, validate
 from flax_sentiment.data import batching, packing
 from flax_sentiment.data import splits as splits_lib
 from flax_sentiment.errors import UserError
@@ -124,7 +124,7 @@ class Loop:
                 result[name] = scalars
                 self.writer.write(self.step, {f"eval_{name}/{k}": v for k, v in scalars.items()})
                 log.info("step %d eval (%s weights): %s", self.step, name, summarize(r))
-        metric, mode = self.config.eval.metric, self.config.eval.metric_mode
+        metric, mode = self.config.eval.metric, metric_mode(self.config)
         best = self.progress["best_value"]
         if best is None or (result[metric] > best if mode == "max" else result[metric] < best):
             self.progress.update(best_value=result[metric], best_step=self.step, bad_evals=0)
@@ -322,7 +322,7 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     steps = Steps(model_def, len(label_names), mesh, train=t, total_steps=total, lora=lora_spec,
                   frozen=frozen)
     checkpoints = wd.checkpoints(keep=config.checkpoint.keep, metric=config.eval.metric,
-                                 mode=config.eval.metric_mode,
+                                 mode=metric_mode(config),
                                  async_save=config.checkpoint.async_save)
     checkpoints.damaged |= damaged
     loop = Loop(config=config, workdir=wd, steps=steps, state=None, step=0, total_steps=total,

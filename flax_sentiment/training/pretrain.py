@@ -21,7 +21,7 @@ import jax
 import ml_collections
 
 from flax_sentiment import parallel
-from flax_sentiment.config import option, to_json, validate
+from flax_sentiment.config import metric_mode, option, to_json, validate
 from flax_sentiment.data import batching
 from flax_sentiment.data.corpus import MlmEvalBatches, MlmTrainIterator, load_corpus
 from flax_sentiment.data.masking import Masker, max_predictions
@@ -97,7 +97,7 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
              else math.ceil(t.num_epochs * train_iter.steps_per_epoch))
     steps = Steps(model_def, 1, mesh, train=t, total_steps=total, task="mlm")
     checkpoints = wd.checkpoints(keep=config.checkpoint.keep, metric=config.eval.metric,
-                                 mode=config.eval.metric_mode,
+                                 mode=metric_mode(config),
                                  async_save=config.checkpoint.async_save)
     checkpoints.damaged |= damaged
     loop = Loop(config=config, workdir=wd, steps=steps, state=None, step=0, total_steps=total,

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from flax_sentiment.config import metric_mode
 from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.workdir import Workdir
@@ -55,7 +56,7 @@ def choose_steps(workdir: str | Path, *, last: int = 0, best: int = 0,
         return have[-last:]
     config = wd.read_config()
     metric = config.eval.metric if config is not None else "accuracy"
-    sign = -1.0 if config is not None and config.eval.metric_mode == "min" else 1.0
+    sign = -1.0 if metric_mode(config) == "min" else 1.0
     # `eval/` logs the weights the run is judged by; a run with a moving average also logs
     # each kind as `eval_raw/` and `eval_ema/`.
     key, rows = f"eval/{metric}", wd.read_metrics()

@@ -47,7 +47,7 @@ import optuna
 from optuna.trial import TrialState
 
 from flax_sentiment import parallel
-from flax_sentiment.config import option, validate
+from flax_sentiment.config import metric_mode, option, validate
 from flax_sentiment.errors import UserError
 from flax_sentiment.training.loop import Hook, Loop, TrainingDiverged, train_and_evaluate
 from flax_sentiment.workdir import Workdir
@@ -310,7 +310,7 @@ class Sweep:
         self.storage = self._storage(storage)
         self.study = optuna.create_study(
             study_name=STUDY, storage=self.storage, load_if_exists=True,
-            direction="maximize" if config.eval.metric_mode == "max" else "minimize",
+            direction="maximize" if metric_mode(config) == "max" else "minimize",
             pruner=self._pruner())
 
     def _storage(self, url: str | None) -> Any:
@@ -545,7 +545,7 @@ class Sweep:
                 self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if "workdir" in t.user_attrs and "duplicate_of" not in t.user_attrs
                 and t.number != number] + [(value, number, folder)]
-        sign = -1 if self.config.eval.metric_mode == "max" else 1
+        sign = -1 if metric_mode(self.config) == "max" else 1
         for _, _, dropped in sorted(done, key=lambda d: (sign * d[0], d[1]))[
                 int(self.config.sweep.keep):]:
             shutil.rmtree(dropped / "checkpoints", ignore_errors=True)
@@ -573,7 +573,7 @@ class Sweep:
         of equals."""
         trained = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if "duplicate_of" not in t.user_attrs]
-        sign = -1 if self.config.eval.metric_mode == "max" else 1
+        sign = -1 if metric_mode(self.config) == "max" else 1
         return min(trained, key=lambda t: (sign * t.value, t.number), default=None)
 
     def report(self) -> dict[str, Any]:
