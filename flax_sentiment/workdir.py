@@ -101,10 +101,11 @@ class Workdir:
         return load_tokenizer(self.tokenizer_dir if self.tokenizer_dir.is_dir() else fallback)
 
     def load_run(self, step: int | str | None = None, *, dtype: str | None = None,
-                 weights: str | None = None) -> Run:
+                 weights: str | None = None, task: str | None = None) -> Run:
         """The model at `step` (None = latest, 'best' = best by the eval metric, or a number),
         restored as parameters alone: the raw ones or their moving average (`weights` 'raw' |
-        'ema'; None = the run's `eval.weights`)."""
+        'ema'; None = the run's `eval.weights`). `task` "classify" refuses a masked-LM run
+        (for evaluating, predicting, averaging: it has no labels); None takes either."""
         if not self.path.is_dir():
             raise UserError(f"--workdir {self.path}: no such folder")
         if not self.checkpoints_dir.is_dir():
@@ -118,6 +119,11 @@ class Workdir:
             chosen = _choose_step(ckpts, step, self.path)
             # The checkpoint's own metadata builds the model: no config file or hub needed.
             meta = ckpts.restore_extra(chosen)["meta"]
+            if task == "classify" and meta.get("task") == "mlm":
+                raise UserError(f"{self.path} is a masked-LM run (scripts/pretrain.py): it has "
+                                "no labels to evaluate or predict; fine-tune from it "
+                                f"(--config.model.name_or_path={self.path}) or export it "
+                                "(scripts/export.py)")
             enc = EncoderConfig(**meta["encoder_config"])
             config = from_dict(meta["config"])
             if weights in (None, "auto"):
@@ -197,9 +203,10 @@ class Run:
 
 
 def load_run(workdir: str | Path, step: int | str | None = None, *,
-             dtype: str | None = None, weights: str | None = None) -> Run:
-    """`Workdir(workdir).load_run(step, dtype=dtype, weights=weights)`."""
-    return Workdir(workdir).load_run(step, dtype=dtype, weights=weights)
+             dtype: str | None = None, weights: str | None = None,
+             task: str | None = None) -> Run:
+    """`Workdir(workdir).load_run(step, dtype=dtype, weights=weights, task=task)`."""
+    return Workdir(workdir).load_run(step, dtype=dtype, weights=weights, task=task)
 
 
 class MetricsWriter:

@@ -17,6 +17,7 @@ import transformers as T
 
 from flax_sentiment.data import corpus as corpus_lib
 from flax_sentiment.data.masking import Masker, max_predictions, word_continuations
+from flax_sentiment.errors import UserError
 from flax_sentiment.models.functional import ModelDef
 from flax_sentiment.models.mlm import load_masked_lm
 from flax_sentiment.models.pretrained import load_tokenizer
@@ -46,6 +47,9 @@ HEADS = {
     "deberta-v2": (T.DebertaV2ForMaskedLM, _deberta()),
     "modernbert": (T.ModernBertForMaskedLM, _modernbert(classifier_activation="silu")),
     "mpnet": (T.MPNetForMaskedLM, _mpnet()),
+    "camembert": (T.CamembertForMaskedLM, T.CamembertConfig(**{
+        k: v for k, v in _roberta().to_dict().items()
+        if k not in ("model_type", "architectures", "transformers_version")})),
 }
 
 
@@ -161,6 +165,14 @@ def test_base_checkpoint_gets_a_fresh_head_the_architecture_way(tmp_path):
     assert np.all(np.asarray(params["mlm.bias"]) == 0)
     assert np.all(np.asarray(params["mlm.norm.scale"]) == 1)
     assert np.std(np.asarray(params["mlm.dense.kernel"])) == pytest.approx(0.02, rel=0.1)
+
+
+def test_an_untied_decoder_is_refused(tmp_path):
+    folder = tiny_bert(tmp_path / "base")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    with pytest.raises(UserError, match="config.json: tie_word_embeddings=False"):
+        load_masked_lm(folder)
 
 
 # --- masking ------------------------------------------------------------------------------
@@ -370,6 +382,8 @@ def test_exported_masked_lm_equals_ours_and_fine_tunes_onward(mlm_run, tmp_path)
     from flax_sentiment.workdir import load_run
 
     run = load_run(mlm_run)
+    with pytest.raises(UserError, match="is a masked-LM run .* no labels to evaluate"):
+        load_run(mlm_run, task="classify")  # evaluate.py, predict.py, average.py
     torch_model = T.AutoModelForMaskedLM.from_pretrained(out).eval()
     tokenizer = load_tokenizer(out)
     enc = tokenizer(["so happy with the new phone", "worst game ever"], padding=True,

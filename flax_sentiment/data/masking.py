@@ -8,8 +8,10 @@ any process layout, masks every row as an uninterrupted one does.
 
 Whole-word masking chooses words, not tokens: words in a random order are taken while the
 count stays within the row's budget, so the rate holds and a word is masked whole or not at
-all. Word starts are read from the vocabulary: WordPiece continuations start with "##"; a
-byte-level BPE ("Ġ") or SentencePiece ("▁") token without its marker continues the word before.
+all (a row whose every word is longer than its budget gets no target, as with transformers'
+DataCollatorForWholeWordMask). Word starts are read from the vocabulary: WordPiece
+continuations start with "##"; a byte-level BPE ("Ġ") or SentencePiece ("▁") token without its
+marker continues the word before.
 """
 
 from __future__ import annotations

@@ -300,7 +300,8 @@ def evaluate_datasets(workdir: str | Path, datasets: Sequence[str | DatasetSpec]
              and k.split(".")[1] in PER_DATASET_KEYS]
     if clash:
         raise UserError(f"--config.{clash[0]}: set it per dataset in --datasets ({SPEC_SYNTAX})")
-    run = load_run(workdir, step, dtype=dtype, weights=changes.get("eval.weights"))
+    run = load_run(workdir, step, dtype=dtype, weights=changes.get("eval.weights"),
+                   task="classify")
     if batch_size is not None:
         changes["eval.batch_size"] = int(batch_size)
     config = with_overrides(run.config, changes)

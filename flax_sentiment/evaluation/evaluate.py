@@ -122,7 +122,8 @@ def evaluate_checkpoint(workdir: str | Path, *, step: int | str | None = None,
     run's `eval.batch_size` (the trainer's batches, so the same metrics as eval_results.json).
     """
     changes = {**{f"data.{k}": v for k, v in dict(data or {}).items()}, **dict(overrides or {})}
-    run = load_run(workdir, step, dtype=dtype, weights=changes.get("eval.weights"))
+    run = load_run(workdir, step, dtype=dtype, weights=changes.get("eval.weights"),
+                   task="classify")
     if batch_size is not None:
         changes["eval.batch_size"] = int(batch_size)
     config = with_overrides(run.config, changes)

@@ -88,7 +88,7 @@ class Classifier:
         from flax_sentiment.workdir import load_run
 
         run = load_run(workdir, step, dtype=dtype,
-                       weights=dict(overrides or {}).get("eval.weights"))
+                       weights=dict(overrides or {}).get("eval.weights"), task="classify")
         d = with_overrides(run.config, overrides or {}).data
         options = dict(max_length=d.max_length, buckets=d.buckets, truncation=d.truncation,
                        head_tokens=d.head_tokens)

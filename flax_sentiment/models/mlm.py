@@ -87,6 +87,9 @@ def mlm_architecture(arch: Architecture, hf: dict[str, Any] | None = None) -> Ar
     if arch.model_type == "deberta-v2" and hf is not None and hf.get("legacy") is False:
         raise UserError("config.json: legacy=False (DeBERTa-v2's newer lm_predictions head) is "
                         "not supported; only the legacy cls.predictions head")
+    if hf is not None and hf.get("tie_word_embeddings") is False:
+        raise UserError("config.json: tie_word_embeddings=False (a decoder of its own) is not "
+                        "supported; the masked-LM decoder here is tied to the word embeddings")
     if arch.model_type == "modernbert" and hf is not None and hf.get("decoder_bias") is False:
         raise UserError("config.json: decoder_bias=False is not supported (ModernBERT's MLM "
                         "decoder with a bias only)")

@@ -104,7 +104,7 @@ def average_params(sources: Sequence[tuple[str | Path, int]], *, weights: str | 
                             + ", ".join(f"{w}={d[:12]}" for w, d in digests.items()))
     total: dict[str, np.ndarray] | None = None
     for w, s, _ in metas:
-        run = Workdir(w).load_run(s, dtype="float32", weights=weights)
+        run = Workdir(w).load_run(s, dtype="float32", weights=weights, task="classify")
         params = jax.device_get(ModelDef.params_of(run.model))
         if total is None:
             total = {k: np.asarray(v, np.float64) for k, v in params.items()}
