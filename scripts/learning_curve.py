@@ -22,7 +22,8 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py): the
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "The curve's folder.", required=True)
 flags.DEFINE_string("starts", None, "Starting models: name=SPEC,name2=SPEC2 (SPEC: a hub id, a "
-                    "model folder or pip:PACKAGE/folder).", required=True)
+                    "model folder, pip:PACKAGE/folder, or a training or masked-LM workdir: "
+                    "DIR, DIR@best, DIR@STEP).", required=True)
 flags.DEFINE_string("budgets", None, "Labelled training examples N, comma-separated.",
                     required=True)
 flags.DEFINE_string("seeds", "0,1,2", "Seeds (data.seed = train.seed), comma-separated.")

@@ -396,6 +396,9 @@ def test_bad_input_is_refused_before_anything_is_written(tiny, tmp_path):
         Curve(tiny["config"], tmp_path / "a", tiny["starts"], [40, 193], [0])
     with pytest.raises(UserError, match=r"--starts c=/no/such/model: no such model folder"):
         Curve(tiny["config"], tmp_path / "b", {"c": "/no/such/model"}, [40], [0])
+    with pytest.raises(UserError, match=r"--starts c=runs/none@best: runs/none is not a "
+                                        r"training workdir"):
+        Curve(tiny["config"], tmp_path / "b", {"c": "runs/none@best"}, [40], [0])
     with pytest.raises(UserError, match=r"--test_split 'train' is the train split"):
         Curve(tiny["config"], tmp_path / "c", tiny["starts"], [40], [0], test_split="train")
     assert not any((tmp_path / x).exists() for x in "abc")

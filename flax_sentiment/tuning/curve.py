@@ -49,6 +49,7 @@ from flax_sentiment.data import splits
 from flax_sentiment.data.loading import SplitLoader
 from flax_sentiment.errors import UserError
 from flax_sentiment.training.loop import TrainingDiverged, train_and_evaluate
+from flax_sentiment.training.start import is_workdir, parse_spec
 from flax_sentiment.tuning.sweep import (
     LEASE,
     Lease,
@@ -139,6 +140,12 @@ def _check_spec(name: str, spec: str) -> None:
             sources.resolve_pip(spec)
         except UserError as e:
             raise UserError(f"--starts {name}={spec}: {e}") from None
+        return
+    path, step = parse_spec(spec, key=f"--starts {name}")
+    if step is not None:  # DIR@best, DIR@1200: a training workdir
+        if not is_workdir(path):
+            raise UserError(f"--starts {name}={spec}: {path} is not a training workdir (no "
+                            "checkpoints folder)")
         return
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not a hub id
         if not any(Path(p).expanduser().exists() for p in (spec, spec.rsplit("@", 1)[0])):
