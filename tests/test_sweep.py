@@ -465,3 +465,14 @@ def test_the_lease_is_renewed_while_a_trial_runs_and_released_on_a_stop(tmp_path
     assert sweep_lib.lease_alive(stale)
     time.sleep(0.2)
     assert not sweep_lib.lease_alive(stale)
+
+
+def test_a_study_of_the_other_direction_is_refused(tiny, tmp_path):
+    folder = tmp_path / "sweep"
+    config = _config(tiny, **{"eval.metric": "loss", "eval.metric_mode": "max"})
+    Sweep(config, folder)  # creates the study: maximize
+    config = _config(tiny, **{"eval.metric": "loss"})  # auto: minimize
+    with pytest.raises(UserError, match=r"created to maximize eval.metric=loss, this config "
+                                        r"would minimize it; set --config.eval.metric_mode=max"):
+        Sweep(config, folder)
+    assert _study(folder).direction.name == "MAXIMIZE"

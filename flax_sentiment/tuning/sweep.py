@@ -308,10 +308,16 @@ class Sweep:
             return  # only process 0 talks to Optuna
         self.shared_storage = bool(storage)
         self.storage = self._storage(storage)
-        self.study = optuna.create_study(
-            study_name=STUDY, storage=self.storage, load_if_exists=True,
-            direction="maximize" if metric_mode(config) == "max" else "minimize",
-            pruner=self._pruner())
+        direction = "maximize" if metric_mode(config) == "max" else "minimize"
+        self.study = optuna.create_study(study_name=STUDY, storage=self.storage,
+                                         load_if_exists=True, direction=direction,
+                                         pruner=self._pruner())
+        stored = self.study.direction.name.lower()
+        if stored != direction:  # Optuna keeps a resumed study's own direction silently
+            raise UserError(f"{self.folder}: its study was created to {stored} "
+                            f"eval.metric={config.eval.metric}, this config would {direction} "
+                            f"it; set --config.eval.metric_mode={stored[:3]} to continue this "
+                            "sweep, or start it in a new folder")
 
     def _storage(self, url: str | None) -> Any:
         from optuna.storages import JournalStorage
