@@ -148,7 +148,7 @@ def _check_spec(name: str, spec: str) -> None:
                             "checkpoints folder)")
         return
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not a hub id
-        if not any(Path(p).expanduser().exists() for p in (spec, spec.rsplit("@", 1)[0])):
+        if not Path(spec).expanduser().exists():
             raise UserError(f"--starts {name}={spec}: no such model folder")
 
 
