@@ -18,7 +18,8 @@ from flax_sentiment.config import base_config, baseline_training, minilm_sst2
 
 def get_config():
     c = baseline_training(minilm_sst2(base_config()))
-    c.data.pack_length = c.data.get_ref("max_length")  # as sst2_minilm_fast.py
+    c.data.pack_length = -1  # rows of max_length (66), as sst2_minilm_fast.py
+    c.data.pack_sampling = "uniform"  # as recorded
     c.model.pooling = "mean"
     c.train.ema_decay = 0.999
     c.eval.weights = "ema"

@@ -16,7 +16,7 @@ from flax_sentiment.config import base_config, baseline_training, minilm_sst2
 
 def get_config():
     c = baseline_training(minilm_sst2(base_config()))
-    c.data.pack_length = c.data.get_ref("max_length")
+    c.data.pack_length = -1  # rows of max_length
     c.data.pack_sampling = "stratified"
     c.model.pooling = "mean"
     c.train.num_epochs = 1.0

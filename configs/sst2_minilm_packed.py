@@ -9,4 +9,5 @@ from flax_sentiment.config import base_config, baseline_training, minilm_sst2
 def get_config():
     c = baseline_training(minilm_sst2(base_config()))
     c.data.pack_length = 128
+    c.data.pack_sampling = "uniform"  # as recorded
     return c

@@ -18,7 +18,7 @@ def get_config():
     c = minilm_sst2(base_config())  # SST-2's files, columns and labels; 66 tokens
     c.model.name_or_path = ".cache/models/all-mpnet-base-v2"
     c.model.pooling = "mean"
-    c.data.pack_length = c.data.get_ref("max_length")
+    c.data.pack_length = -1  # rows of max_length
     c.data.pack_sampling = "stratified"
     c.train.batch_size = 32
     c.train.num_epochs = 0.5

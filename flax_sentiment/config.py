@@ -15,6 +15,7 @@ from ml_collections.config_dict import placeholder
 
 from flax_sentiment.data.buckets import DEFAULT_BUCKETS
 from flax_sentiment.errors import UserError
+from flax_sentiment.models.attention import IMPLEMENTATIONS
 
 # The scalar metrics of `metrics.compute_metrics`, any of which can be `eval.metric`.
 SCALAR_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro",
@@ -40,11 +41,16 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.max_length = 128
     c.truncation = "head"  # 'head' | 'tail' | 'head_tail'
     c.head_tokens = 64  # head_tail: tokens kept from the start, the rest from the end
+    # Length buckets of padded batches, used when pack_length is 0.
     c.buckets = tuple(DEFAULT_BUCKETS)
     # Sequence packing (flax_sentiment/data/packing.py): rows of this many tokens, each holding
-    # several examples (a batch is still train.batch_size examples); >= max_length. 0 = off:
-    # padded batches in length buckets.
-    c.pack_length = 0
+    # several examples (a batch is still train.batch_size examples); >= max_length. -1 (the
+    # default): rows of max_length. 0 = off: padded batches in length buckets. Packed rows
+    # with stratified draws (below) are the default because they compile one train and one
+    # eval shape instead of ~18 (a quickstart-shaped run compiled 18 programs in 110 s before
+    # its first step on an AVX2 host) and matched or beat buckets' accuracy
+    # (docs/BENCHMARKS.md, "Packing"); recipes recorded with buckets pin pack_length = 0.
+    c.pack_length = -1
     # Packed steps' row counts rounded up to a multiple of this (with the devices x
     # grad_accum_steps multiple): fewer distinct shapes to compile, for empty rows computed.
     # 1 = exact. On GPUs, where a step of SST-2's size leaves the chip idle and each shape takes
@@ -54,7 +60,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # How a packed step's examples are drawn: 'uniform' (at random), or 'stratified' (one from
     # each of batch_size length strata, so every step needs the same rows: one compiled shape
     # instead of five or six on SST-2; flax_sentiment/data/packing.py).
-    c.pack_sampling = "uniform"
+    c.pack_sampling = "stratified"
     c.encoding = "utf-8"
     # Seed of the data's own draws: the carved validation split, and the train subset below
     # (apart from train.seed, which orders batches and drives dropout).
@@ -100,6 +106,15 @@ def base_config() -> ml_collections.ConfigDict:
     # makes remat save memory there; meant for deep models on GPUs/TPUs, where compiling
     # dominates short runs (the `gpu` bench section measures it).
     c.model.scan_layers = False
+    # How attention's softmax(q k^T) v runs (flax_sentiment/models/attention.py): "auto" (by
+    # backend: einsum on CPUs, cuDNN's fused attention on GPUs in bfloat16, the Pallas splash
+    # kernel on TPUs; einsum for a train step with attention dropout), or one of "einsum",
+    # "xla", "cudnn", "pallas". The kernels have no attention-probability dropout: pair them
+    # with model.attention_dropout=0.0 (docs/RESULTS.md measures its accuracy).
+    c.model.attention = "auto"
+    # Dropout on the attention probabilities during training; None = the checkpoint's
+    # (attention_probs_dropout_prob, 0.1 for BERT-style models).
+    c.model.attention_dropout = placeholder(float)
     # Re-initialise the top k encoder layers and the head with the architecture's own
     # initialisation (Zhang et al., ICLR 2021: helps small-data fine-tuning). 0 = off.
     c.model.reinit_layers = 0
@@ -262,6 +277,7 @@ def minilm_sst2(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.text_column = "sentence"
     c.data.label_names = ("negative", "positive")
     c.data.max_length = 66  # the longest SST-2 sentence is 66 MiniLM tokens
+    c.data.pack_length = 0  # length buckets, as recorded; packed recipes set their rows
     return c
 
 
@@ -277,6 +293,7 @@ def tweet_eval_minilm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.data.train_split = "test"
     c.data.eval_split = "validation"
     c.data.max_length = 128
+    c.data.pack_length = 0  # length buckets, as recorded; packed recipes set their rows
     c.train.batch_size = 32
     c.train.num_epochs = 2.0
     c.train.learning_rate = 1e-4
@@ -334,6 +351,11 @@ def validate(config: ml_collections.ConfigDict, task: str = "classify") -> None:
          option(config.model, "remat", False), "must be True or False")
     need(isinstance(option(config.model, "scan_layers", False), bool), "model.scan_layers",
          option(config.model, "scan_layers", False), "must be True or False")
+    need(option(config.model, "attention", "auto") in IMPLEMENTATIONS, "model.attention",
+         option(config.model, "attention", "auto"), f"must be one of {', '.join(IMPLEMENTATIONS)}")
+    rate = option(config.model, "attention_dropout", None)
+    need(rate is None or (isinstance(rate, int | float) and 0 <= rate < 1),
+         "model.attention_dropout", rate, "must be None (the checkpoint's) or in [0, 1)")
     need(bool(config.data.name_or_path), "data.name_or_path", config.data.name_or_path,
          "must name a dataset")
     need(len(config.data.label_names) >= 2, "data.label_names", list(config.data.label_names),
@@ -348,8 +370,9 @@ def validate(config: ml_collections.ConfigDict, task: str = "classify") -> None:
     subset = option(config.data, "train_examples", 0)
     need(isinstance(subset, int) and not isinstance(subset, bool) and subset >= 0,
          "data.train_examples", subset, "must be an integer >= 0 (0 = the whole train split)")
-    need(pack == 0 or pack >= config.data.max_length, "data.pack_length", pack,
-         f"must be 0 (off) or at least data.max_length={config.data.max_length}")
+    need(pack in (0, -1) or pack >= config.data.max_length, "data.pack_length", pack,
+         f"must be -1 (rows of data.max_length), 0 (off: length buckets) or at least "
+         f"data.max_length={config.data.max_length}")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing,
          "must be in [0, 1)")
     need(not t.class_weights or len(t.class_weights) == len(config.data.label_names),

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from flax_sentiment.config import validate
+from flax_sentiment.config import base_config, validate
+from flax_sentiment.data import packing
 from tests.helpers import REPO, run_script
 
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
@@ -67,12 +68,35 @@ def test_hub_model_offline_is_a_clear_error(tmp_path):
 
 def test_fast_config_rows_follow_max_length():
     """configs/sst2_minilm_fast.py packs rows of `max_length` tokens, also when that is
-    overridden (a command-line override sets the field as this test does)."""
+    overridden (a command-line override sets the field as this test does), and turning packing
+    off leaves max_length alone."""
     config = _load(REPO / "configs" / "sst2_minilm_fast.py")
-    assert config.data.pack_length == config.data.max_length == 66
+    assert packing.pack_length(config.data) == config.data.max_length == 66
     config.data.max_length = 80
-    assert config.data.pack_length == 80
+    assert packing.pack_length(config.data) == 80
     validate(config)
+    config.data.pack_length = 0
+    assert packing.pack_length(config.data) == 0 and config.data.max_length == 80
+
+
+# Recipes whose recorded numbers (docs/RESULTS.md, docs/BENCHMARKS.md) were made with padded,
+# length-bucketed batches: they keep them under the packed default.
+BUCKETED = ("sst2_minilm", "sst2_minilm_tuned", "sst2_minilm_sweep", "sst2_minilm_lora",
+            "tweet_eval_minilm", "tweet_eval_minilm_best", "tweet_eval_minilm_distilled",
+            "tweets_curve")
+
+
+def test_packed_stratified_rows_are_the_default_and_recorded_recipes_keep_theirs():
+    c = base_config()
+    assert packing.pack_length(c.data) == c.data.max_length and c.data.pack_sampling == "stratified"
+    c.data.max_length = 64
+    assert packing.pack_length(c.data) == 64
+    for name in BUCKETED:
+        assert packing.pack_length(_load(REPO / "configs" / f"{name}.py").data) == 0, name
+    for name in ("sst2_minilm_packed", "sst2_minilm_best"):  # packed with uniform draws
+        recipe = _load(REPO / "configs" / f"{name}.py")
+        assert packing.pack_length(recipe.data) > 0 and recipe.data.pack_sampling == "uniform"
+    assert packing.pack_length(_load(REPO / "configs" / "quickstart.py").data) == 64
 
 
 def test_packed_recipes_keep_the_baseline_hyperparameters():
@@ -81,7 +105,7 @@ def test_packed_recipes_keep_the_baseline_hyperparameters():
     baseline = _load(REPO / "configs" / "sst2_minilm.py").to_dict()
     for name, sampling in (("sst2_minilm_packed", "uniform"), ("sst2_minilm_fast", "stratified")):
         recipe = _load(REPO / "configs" / f"{name}.py").to_dict()
-        assert recipe["data"].pop("pack_length") > 0
+        assert recipe["data"].pop("pack_length") != 0
         assert recipe["data"].pop("pack_sampling") == sampling
         for key in ("pack_length", "pack_sampling"):
             baseline["data"].pop(key, None)

@@ -229,12 +229,19 @@ def describe(it: PackedTrainIterator) -> dict[str, Any]:
             "token_efficiency": tokens / float(counts.sum() * it.pack_length)}
 
 
+def pack_length(data_config: Any) -> int:
+    """Row length of a config's packed batches, 0 when it pads into length buckets:
+    `data.pack_length` as set, -1 meaning rows of `data.max_length` (the default)."""
+    pack = int(option(data_config, "pack_length", 0))
+    return int(data_config.max_length) if pack == -1 else pack
+
+
 def eval_batches(split: TokenizedSplit, data_config: Any, batch_size: int, *, pad_id: int,
                  multiple: int = 1, process_index: int | None = None,
                  process_count: int | None = None) -> Any:
     """A split's evaluation batches as the run's config asks: packed when `data.pack_length`
     is set (rows for about `batch_size` examples each), else length-bucketed."""
-    pack = int(option(data_config, "pack_length", 0))
+    pack = pack_length(data_config)
     if pack:
         mean = float(split.lengths.mean()) if len(split) else 1.0
         return PackedEvalBatches(split, eval_rows(batch_size, pack, mean, multiple), pack,

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from flax_sentiment.errors import UserError
+from flax_sentiment.models import attention as attention_lib
 from flax_sentiment.models.config import EncoderConfig
 from flax_sentiment.models.layers import (
     ADAPTER_RNGS,
@@ -56,6 +58,23 @@ class Encoder(nnx.Module):
         # back), which is why it is a choice: config model.scan_layers. Static, like remat.
         self.scan = False
 
+    def set_attention(self, implementation: str = "auto", dropout: float | None = None) -> None:
+        """Every layer's attention path (`attention.IMPLEMENTATIONS`; config model.attention)
+        and, unless None, its attention-probability dropout rate (config
+        model.attention_dropout; None keeps the checkpoint's). An explicit kernel the model
+        cannot take is refused (`attention.check`). Static: changes the compiled program only."""
+        if dropout is not None and not 0.0 <= dropout < 1.0:
+            raise UserError(f"model.attention_dropout={dropout!r}: must be in [0, 1)")
+        for layer in self._schedule():
+            att = layer.attention
+            if dropout is not None:
+                att.attention_dropout.rate = float(dropout)
+            attention_lib.check(implementation, model_type=self.cfg.model_type,
+                                relative=bool(att.c2p or att.p2c), local=att.local,
+                                extra=self.position_bias is not None,
+                                dropout=att.attention_dropout.rate)
+            att.implementation = implementation
+
     def _schedule(self) -> list[TransformerLayer]:
         """The layers applied in order, with ALBERT's sharing expanded (same modules reused)."""
         if self.layers is not None:
@@ -69,31 +88,22 @@ class Encoder(nnx.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
                  rngs: nnx.Rngs | None = None, packed: PackedRows | None = None) -> jax.Array:
-        if packed is not None:  # block-diagonal: each token sees its own example only
-            keep = packed.attends()
-        else:
-            if attention_mask is None:
-                attention_mask = jnp.ones_like(input_ids)
-            keep = attention_mask[:, None, None, :] > 0
-        # Additive mask as transformers builds it: 0 where attended, the dtype's min where not.
-        low = jnp.finfo(jnp.float32).min
-        bias = jnp.where(keep, 0.0, low).astype(jnp.float32)
-        if self.position_bias is not None:  # MPNet: the same [1, heads, n, n] in every layer
-            bias = bias + self.position_bias(input_ids.shape[1])
+        extra = (self.position_bias(input_ids.shape[1])  # MPNet: [1, heads, n, n], every layer
+                 if self.position_bias is not None else None)
+        # Padding, or block-diagonal for packed rows: each token sees its own example only.
+        mask = attention_lib.build_mask(attention_mask, input_ids, packed, extra)
         layers = self._schedule()
-        local_bias = None
+        local_mask = None
         if any(layer.local for layer in layers):  # sliding window: |q - k| <= local // 2
-            pos = jnp.arange(input_ids.shape[1])
-            near = jnp.abs(pos[:, None] - pos[None, :]) <= self.cfg.local_attention // 2
-            local_bias = jnp.where(keep & near, 0.0, low).astype(jnp.float32)
+            local_mask = mask.windowed(self.cfg.local_attention // 2)
         rel = self.relative(input_ids.shape[1]) if self.cfg.relative_attention else None
         positions = None if packed is None else packed.positions
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs,
                             positions=positions)
-        def apply(layer, x, bias, rel, positions, rngs, adapter_rngs):
+        def apply(layer, x, mask, rel, positions, rngs, adapter_rngs):
             token = ADAPTER_RNGS.set(adapter_rngs)  # inside remat: the checkpoint's own copy
             try:
-                return layer(x, bias, rel, deterministic=deterministic, rngs=rngs,
+                return layer(x, mask, rel, deterministic=deterministic, rngs=rngs,
                              positions=positions)
             finally:
                 ADAPTER_RNGS.reset(token)
@@ -101,11 +111,11 @@ class Encoder(nnx.Module):
         adapter_rngs = ADAPTER_RNGS.get()
         single = nnx.remat(apply) if self.remat else apply
         for run in _runs(layers) if self.scan else [[layer] for layer in layers]:
-            layer_bias = local_bias if run[0].local else bias
+            layer_mask = local_mask if run[0].local else mask
             if len(run) == 1:
-                x = single(run[0], x, layer_bias, rel, positions, rngs, adapter_rngs)
+                x = single(run[0], x, layer_mask, rel, positions, rngs, adapter_rngs)
             else:
-                x = _scan(apply, run, x, (layer_bias, rel, positions), rngs, adapter_rngs,
+                x = _scan(apply, run, x, (layer_mask, rel, positions), rngs, adapter_rngs,
                           remat=self.remat)
         if self.final_norm is not None:
             x = self.final_norm(x).astype(self.dtype)

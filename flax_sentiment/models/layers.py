@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from flax_sentiment.errors import UserError
+from flax_sentiment.models import attention as attention_lib
 from flax_sentiment.models.config import EncoderConfig
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -375,8 +376,11 @@ class Attention(nnx.Module):
     """Multi-head self-attention with its residual connection and LayerNorm (after, or before).
 
     Config options: one fused q|k|v projection, rotary positions (`local` layers use their own
-    theta), DeBERTa's disentangled relative-position scores. The additive mask (padding, a
-    sliding window) comes from the encoder. `norm=False`: no norm (ModernBERT's first layer).
+    theta), DeBERTa's disentangled relative-position scores. The mask (padding, packed
+    segments, a sliding window; `attention.Mask`) comes from the encoder. `norm=False`: no norm
+    (ModernBERT's first layer). `implementation` (static, set from config model.attention):
+    the product's path, `attention.resolve`'d per call (a train step with attention dropout
+    and `auto` takes `einsum`, its evaluation the kernel).
     """
 
     def __init__(self, cfg: EncoderConfig, *, local: bool = False, norm: bool = True,
@@ -409,6 +413,9 @@ class Attention(nnx.Module):
         self.pos_query = _linear(cfg, h, h, dtype, rngs) if self.p2c and separate else None
         self.pos_dropout = Dropout(cfg.hidden_dropout) if rel else None
         self.attention_dropout = Dropout(cfg.attention_dropout)
+        self.implementation = "auto"
+        self.interpret = False  # Pallas kernels in interpret mode (tests on a CPU)
+        self.model_type, self.local = cfg.model_type, local
         # Rate 0 is the identity: DistilBERT has no dropout after its attention output projection.
         self.dropout = Dropout(cfg.hidden_dropout if cfg.attention_output_dropout else 0.0)
 
@@ -444,7 +451,15 @@ class Attention(nnx.Module):
                                                   axis=-1).swapaxes(-1, -2)
         return scores
 
-    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs,
+    def path(self, mask: attention_lib.Mask, *, deterministic: bool) -> str:
+        """The implementation this call takes (`attention.resolve`)."""
+        return attention_lib.resolve(
+            self.implementation, backend=jax.default_backend(), dtype=self.dtype,
+            relative=bool(self.c2p or self.p2c), local=self.local,
+            extra=mask.extra is not None, dropout=self.attention_dropout.rate,
+            training=not deterministic)
+
+    def __call__(self, x, mask: attention_lib.Mask, rel=None, *, deterministic: bool, rngs,
                  positions: jax.Array | None = None) -> jax.Array:
         b, n, h = x.shape
         y = self.norm(x).astype(self.dtype) if self.pre_norm and self.norm is not None else x
@@ -453,14 +468,19 @@ class Attention(nnx.Module):
             q, k = rotary(q, self.rope_theta, positions), rotary(k, self.rope_theta, positions)
         # Scale q (b*n*h values) rather than the scores (b*h*n*n), as PyTorch's SDPA does.
         q = q * jnp.asarray(self.scale, q.dtype)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        if rel is not None:
-            scores = scores + self._relative_scores(q, k, rel, deterministic=deterministic,
-                                                    rngs=rngs)
-        scores = scores + bias
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, h)
+        path = "einsum" if rel is not None else self.path(mask, deterministic=deterministic)
+        if path == "einsum":
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            if rel is not None:
+                scores = scores + self._relative_scores(q, k, rel, deterministic=deterministic,
+                                                        rngs=rngs)
+            scores = scores + mask.bias
+            probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+            probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
+            ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, h)
+        else:
+            ctx = attention_lib.fused(q, k, v, mask, path,
+                                      interpret=self.interpret).reshape(b, n, h)
         y = self.dropout(self.out(ctx), deterministic=deterministic, rngs=rngs)
         if self.pre_norm:
             return x + y
@@ -509,9 +529,9 @@ class TransformerLayer(nnx.Module):
                                    dtype=dtype, rngs=rngs)
         self.ffn = FeedForward(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, bias, rel=None, *, deterministic: bool, rngs,
+    def __call__(self, x, mask: attention_lib.Mask, rel=None, *, deterministic: bool, rngs,
                  positions: jax.Array | None = None) -> jax.Array:
-        x = self.attention(x, bias, rel, deterministic=deterministic, rngs=rngs,
+        x = self.attention(x, mask, rel, deterministic=deterministic, rngs=rngs,
                            positions=positions)
         return self.ffn(x, deterministic=deterministic, rngs=rngs)
 

@@ -293,8 +293,7 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
                                         pooling=pooling)
         start = None
     check_max_length(config, bundle.config)
-    bundle.model.encoder.remat = option(config.model, "remat", False)
-    bundle.model.encoder.scan = option(config.model, "scan_layers", False)
+    start_lib.configure_encoder(bundle.model, config.model)
     model_def = ModelDef(bundle.model)
     pretrained = ModelDef.params_of(bundle.model)
     if bundle.label_names and not bundle.fresh_head and bundle.label_names != label_names:
@@ -375,9 +374,10 @@ def _precompile(loop: Loop, train_iter: batching.TrainIterator) -> None:
     t0 = time.perf_counter()
     keys = train_iter.upcoming(loop.total_steps - loop.step)
     evals = loop.eval_batches.shapes() if loop.eval_batches is not None else []
-    n = loop.steps.precompile([train_iter.dummy(k) for k in keys], evals)
-    log.info("compiled %d step shapes in %.1f s (%d train, %d evaluation)", n,
-             time.perf_counter() - t0, len(keys), len(evals))
+    shapes = loop.steps.precompile([train_iter.dummy(k) for k in keys], evals)
+    log.info("compiled %d step shapes in %.1f s (%d train, %d evaluation): %s", len(shapes),
+             time.perf_counter() - t0, len(keys), len(evals),
+             ", ".join(f"{name} {seconds:.1f} s" for name, seconds in shapes))
 
 
 def _check_same_base(saved: dict[str, Any], meta: dict[str, Any],
@@ -431,7 +431,7 @@ def _load_data(config: ml_collections.ConfigDict, tokenizer: Any, mesh: jax.shar
         splits = dataclasses.replace(splits, train=dataclasses.replace(
             splits.train, teacher_logits=logits))
     n_proc, pid = jax.process_count(), jax.process_index()
-    t, pack = config.train, int(option(config.data, "pack_length", 0))
+    t, pack = config.train, packing.pack_length(config.data)
     if pack:
         train_iter = packing.PackedTrainIterator(
             splits.train, t.batch_size, pack, seed=t.seed, pad_id=splits.pad_id,
@@ -538,12 +538,17 @@ def check_resumable(saved: dict[str, Any], config: ml_collections.ConfigDict,
                     keys: Sequence[str] = RESUME_KEYS) -> None:
     """Refuse to continue a checkpoint under a config that changes what it means."""
     saved_cfg = ml_collections.ConfigDict(saved)
+    padded = not packing.pack_length(saved_cfg.data) and not packing.pack_length(config.data)
     for key in keys:
+        if padded and key in ("data.pack_sampling", "data.pack_row_multiple"):
+            continue  # how rows are packed means nothing to padded batches
         old, new = _get_path(saved_cfg, key), _get_path(config, key)
         old = RESUME_DEFAULTS.get(key) if old is None else old
         new = RESUME_DEFAULTS.get(key) if new is None else new
         if key == "eval.weights":
             old, new = eval_weights(saved_cfg), eval_weights(config)
+        elif key == "data.pack_length":  # -1: rows of data.max_length, compared as resolved
+            old, new = packing.pack_length(saved_cfg.data), packing.pack_length(config.data)
         if old != new:
             raise UserError(f"cannot resume: config {key} is {new!r} but the checkpoint was "
                             f"trained with {old!r} (use a new --workdir, or set it back)")

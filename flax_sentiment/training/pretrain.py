@@ -67,8 +67,7 @@ def _prepare(config: ml_collections.ConfigDict, wd: Workdir
     bundle, start = start_lib.masked_lm_start(config.model.name_or_path,
                                               dtype=config.model.dtype, seed=seed)
     check_max_length(config, bundle.config)
-    bundle.model.encoder.remat = option(config.model, "remat", False)
-    bundle.model.encoder.scan = option(config.model, "scan_layers", False)
+    start_lib.configure_encoder(bundle.model, config.model)
     tokenizer = load_tokenizer(bundle.folder)
     model_def = ModelDef(bundle.model)
     initial = ModelDef.params_of(bundle.model)

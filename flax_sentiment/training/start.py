@@ -33,6 +33,16 @@ from flax_sentiment.training import initialization
 log = logging.getLogger(__name__)
 
 
+def configure_encoder(model: SequenceClassifier | MaskedLM, options: Any) -> None:
+    """The config's model-side switches (`config.model`: remat, scan_layers, attention,
+    attention_dropout) set on a built model; they change the compiled program only."""
+    get = options.get
+    encoder = model.encoder
+    encoder.remat = bool(get("remat", False))
+    encoder.scan = bool(get("scan_layers", False))
+    encoder.set_attention(get("attention", "auto") or "auto", get("attention_dropout", None))
+
+
 def parse_spec(spec: str, key: str = "model.name_or_path") -> tuple[str, int | str | None]:
     """'DIR' (latest checkpoint), 'DIR@best', 'DIR@latest' or 'DIR@1200'; anything else as is
     (`key`: the config key that named it, for the error)."""

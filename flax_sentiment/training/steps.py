@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -495,30 +496,40 @@ class Steps:
 
     def precompile(self, train_batches: Iterable[batching.Batch] = (),
                    eval_batches: Iterable[batching.Batch] = (), *,
-                   threads: int | None = None) -> int:
+                   threads: int | None = None) -> list[tuple[str, float]]:
         """Compile the steps for these batches' shapes now, several at once, instead of one at
         a time when each shape first comes up mid-run: XLA compiles in parallel threads, and
-        the jitted steps then find their programs compiled. Returns how many were compiled."""
-        jobs = []
+        the jitted steps then find their programs compiled. Returns one ("train 7x66", seconds)
+        per shape: its lowering and compile (or cache load), overlapping the others'."""
+        jobs: list[tuple[str, Callable[[], Any]]] = []
+
+        def label(kind: str, batch: batching.Batch) -> str:
+            return f"{kind} {'x'.join(map(str, batch['input_ids'].shape))}"
+
         if train_batches:
             state = self.abstract_state
-            jobs += [lambda b=b: self.train_step_jit.lower(
-                state, self._abstract_batch(b), self.hparams, *self._frozen).compile()
+            jobs += [(label("train", b), lambda b=b: self.train_step_jit.lower(
+                state, self._abstract_batch(b), self.hparams, *self._frozen).compile())
                 for b in train_batches]
         if eval_batches:
             params = (self.abstract_state.params if hasattr(self, "abstract_state")
                       else None)
             if params is not None:
-                jobs += [lambda b=b: self.model_step.lower(
-                    params, self._abstract_batch(b), *self._frozen).compile()
+                jobs += [(label("eval", b), lambda b=b: self.model_step.lower(
+                    params, self._abstract_batch(b), *self._frozen).compile())
                     for b in eval_batches]
         if not jobs:
-            return 0
+            return []
+
+        def timed(job: Callable[[], Any]) -> float:
+            t0 = time.perf_counter()
+            job()
+            return time.perf_counter() - t0
+
         workers = threads or min(len(jobs), len(os.sched_getaffinity(0)))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for future in [pool.submit(job) for job in jobs]:
-                future.result()
-        return len(jobs)
+            futures = [(name, pool.submit(timed, job)) for name, job in jobs]
+            return [(name, future.result()) for name, future in futures]
 
     def init_state(self, params: Params) -> TrainState:
         """A fresh train state (step 0, new optimizer moments) from these (trainable)
