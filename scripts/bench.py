@@ -17,7 +17,8 @@ Sections (one module each in flax_sentiment/bench/):
                  real shapes: padded 32 x 16 and 32 x 24, and packed rows of 128
   data           SST-2 epoch throughput: our length-bucketed batches vs fixed padding to max length
   eval           eval step throughput and compile time per bucket shape; distinct shapes of a run
-  gpu            (GPU only) BERT-base bf16 sweep, batch 32..256 x seq 128, ours vs PyTorch CUDA
+  gpu            (GPU/TPU only) the device check: fused-attention parity, BERT-base and MiniLM
+                 bf16 at batch 32..256 x 128 (einsum, fused, PyTorch SDPA), memory, autotuning
   trainer        whole processes on real data: scripts/train.py (each --trainer_configs) vs the
                  Hugging Face Trainer, MiniLM on SST-2 at --trainer_steps: float32 for each seed
                  (cold and warm caches), bfloat16 for the first; wall time, steady examples/s,
@@ -106,7 +107,8 @@ flags.DEFINE_bool("trainer_float32", True, "trainer section: float32 (every seed
                   "by default, torch's do not).")
 flags.DEFINE_enum("trainer_epoch_dtype", "float32", ["float32", "bfloat16"],
                   "trainer-epoch section: the dtype of both sides.")
-flags.DEFINE_multi_integer("gpu_batches", list(gpu.BATCHES), "gpu section: batch sizes.")
+flags.DEFINE_float("gpu_budget_s", 330.0, "gpu section: seconds for its parts (parity, sweep, "
+                   "memory, autotune); a part that would overrun is skipped.")
 flags.DEFINE_bool("trainer_pin", False, "trainer sections: pin each child process to --threads "
                   "cores (every thread of it, not only the compute threads).")
 flags.DEFINE_integer("trainer_eval_limit", 0, "trainer sections: only the first N validation "
@@ -127,7 +129,7 @@ def parse_args() -> types.SimpleNamespace:
         "data_limit", "data_reps", "buckets", "eval_batch", "threads", "torch_threads",
         "trainer_configs", "trainer_steps", "trainer_seeds", "trainer_warm", "trainer_bf16",
         "trainer_pin", "trainer_eval_limit", "json", "quick", "trainer_float32",
-        "trainer_epoch_dtype", "gpu_batches", "mlm_corpus", "mlm_encodings")})
+        "trainer_epoch_dtype", "gpu_budget_s", "mlm_corpus", "mlm_encodings")})
     if args.quick:
         args.model = "tiny" if args.model == common.DEFAULT_MODEL else args.model
         args.batch, args.seq, args.steps, args.reps = 4, 32, 1, 3

@@ -43,7 +43,7 @@ def _check_in_process_sections(out):
                   "RATIO SST-2 epoch bucketed/fixed-32 examples/s:"):
         assert ratio in out
     assert "compiles in a full run:" in out
-    assert "GPU sweep: skipped" in out
+    assert "GPU check: skipped (backend is cpu" in out
     # The step profile: each case has a row per side with four positive phase times.
     profile = [line.split() for line in out.splitlines()
                if line.startswith(("padded ", "packed ")) and line.split()[2] in ("ours",
@@ -110,3 +110,26 @@ def test_bench_quick_prints_table_and_ratios(shared_data, tmp_path):
     assert "== trainer-epoch: whole processes" in out
     _check_trainer_rows(out, results, ("trainer", "trainer-epoch"))
     assert results["trainer_epoch"]["ratios"]["float32 warm"]["sst2_minilm"]["steady_ratio"] > 0
+
+
+@pytest.mark.slow  # ~2 min on 2 cores: every part of the device check at toy sizes
+def test_device_check_smoke_runs_every_part(tmp_path):
+    """`python -m flax_sentiment.bench.gpu --smoke`: the parts a lent GPU runs (parity, sweep
+    against PyTorch, memory, autotuning levels) run on a CPU at toy sizes and write their JSON;
+    the parity compares jax.nn's XLA path with the einsum path there."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out_json = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "-m", "flax_sentiment.bench.gpu", "--smoke",
+                           "--budget_s", "900", "--json", str(out_json)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out_json.read_text())
+    assert result["parity"]["path"] == "xla"
+    assert max(result["parity"]["padded"], result["parity"]["packed"]) < 1e-2
+    row = result["sweep"]["tiny"]["4"]
+    assert all(row[k] > 0 for k in ("einsum", "fused", "torch"))
+    assert set(result["memory"]) == {"32", "32_remat", "64", "64_remat"}
+    assert result["memory"]["64"]["temp_per_example"] > result["memory"]["32"][
+        "temp_per_example"]
+    assert set(result["autotune"]) == {"0", "1", "4"}
+    assert "skipped" not in proc.stdout

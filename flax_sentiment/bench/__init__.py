@@ -8,7 +8,8 @@
   profile       a step's phases, ours vs PyTorch's, at SST-2's real (short) shapes
   epoch         the SST-2 epoch: our length buckets vs fixed padding
   eval_compile  eval throughput and compile time per bucket shape
-  gpu           the GPU sweep (BERT-base bf16 vs PyTorch CUDA)
+  gpu           the device check (GPU/TPU): attention parity, sweep vs PyTorch SDPA, memory,
+                autotuning
   trainer       whole processes: scripts/train.py vs the Hugging Face Trainer (hf_trainer_run),
                 400 steps (`trainer`) and one SST-2 epoch (`trainer-epoch`)
 

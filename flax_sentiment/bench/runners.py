@@ -29,13 +29,16 @@ _TRAINERS: dict[tuple, Any] = {}
 
 
 def make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool = False,
-                 scan: bool = False) -> tuple[Steps, Any, Any]:
+                 scan: bool = False, attention: str = "einsum",
+                 attention_dropout: float | None = None) -> tuple[Steps, Any, Any]:
     """The production steps, as the loop builds them (cached: sections share compiled
-    shapes), the bundle, and the initial weights. `remat`, `scan`: config model.remat and
-    model.scan_layers."""
-    key = (str(folder), dtype, batch, remat, scan)
+    shapes), the bundle, and the initial weights. `remat`, `scan`, `attention`,
+    `attention_dropout`: config model.remat, model.scan_layers, model.attention and
+    model.attention_dropout (None: the checkpoint's)."""
+    key = (str(folder), dtype, batch, remat, scan, attention, attention_dropout)
     if key not in _TRAINERS:
-        _TRAINERS[key] = _make_trainer(folder, dtype, batch, steps, remat, scan)
+        _TRAINERS[key] = _make_trainer(folder, dtype, batch, steps, remat, scan, attention,
+                                       attention_dropout)
     return _TRAINERS[key]
 
 
@@ -44,7 +47,8 @@ def forget_trainers() -> None:
     _TRAINERS.clear()
 
 
-def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool, scan: bool
+def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool, scan: bool,
+                  attention: str, attention_dropout: float | None
                   ) -> tuple[Steps, Any, Any]:
     config = base_config()
     config.model.name_or_path = str(folder)
@@ -55,6 +59,7 @@ def _make_trainer(folder: Path, dtype: str, batch: int, steps: int, remat: bool,
     bundle = load_pretrained_bundle(str(folder), num_labels=2, dtype=dtype, seed=0)
     bundle.model.encoder.remat = remat
     bundle.model.encoder.scan = scan
+    bundle.model.encoder.set_attention(attention, attention_dropout)
     trainer = Steps(ModelDef(bundle.model), 2, parallel.make_mesh(), train=config.train,
                     total_steps=config.train.max_steps)
     # A host copy of the initial weights: each section starts a fresh state from it.
@@ -74,9 +79,11 @@ class Ours:
     """Train steps of `flax_sentiment.training.steps.Steps` on one fixed batch (placed once)."""
 
     def __init__(self, folder: Path, dtype: str, batch: dict[str, np.ndarray], steps: int,
-                 remat: bool = False, scan: bool = False):
+                 remat: bool = False, scan: bool = False, attention: str = "einsum",
+                 attention_dropout: float | None = None):
         self.trainer, self.bundle, params = make_trainer(folder, dtype, len(batch["labels"]),
-                                                         steps, remat, scan)
+                                                         steps, remat, scan, attention,
+                                                         attention_dropout)
         self.batch = batching.shard_batch(batch, self.trainer.data_sharding)
         self.state = self.trainer.init_state(params)
         t0 = time.perf_counter()
