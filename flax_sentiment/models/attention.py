@@ -183,11 +183,27 @@ def _cudnn(q, k, v, mask: Mask) -> jax.Array:
                                        qkv_layout="BTNH")
 
 
+def _pad_tokens(q, k, v, segment_ids, full: int):
+    """q, k, v and segment ids grown to `full` tokens of segment 0 (padding), which no real
+    token attends to; the caller slices the padded queries off again."""
+    n = q.shape[1]
+    if full == n:
+        return q, k, v, segment_ids
+    grow = ((0, 0), (0, full - n), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(x, grow) for x in (q, k, v))
+    return q, k, v, jnp.pad(segment_ids, ((0, 0), (0, full - n)))
+
+
 def _triton(q, k, v, segment_ids, *, interpret: bool) -> jax.Array:
     from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 
-    return pallas_gpu.mha(q, k, v, segment_ids, sm_scale=1.0, causal=False,
-                          interpret=interpret)
+    # Triton's blocks are powers of two (the kernel's block is min(128, length)).
+    n = q.shape[1]
+    full = 1 << max(n - 1, 1).bit_length() if n <= 128 else -(-n // 128) * 128
+    q, k, v, segment_ids = _pad_tokens(q, k, v, segment_ids, full)
+    out = pallas_gpu.mha(q, k, v, segment_ids, sm_scale=1.0, causal=False,
+                         interpret=interpret)
+    return out[:, :n]
 
 
 def _splash(q, k, v, segment_ids, *, interpret: bool) -> jax.Array:
@@ -199,13 +215,8 @@ def _splash(q, k, v, segment_ids, *, interpret: bool) -> jax.Array:
     )
 
     b, n, heads, _ = q.shape
-    # The kernel tiles by 128 tokens: pad to a multiple with segment 0 (padding), which no
-    # real token attends to; the padded queries are sliced off again.
-    full = -(-n // 128) * 128
-    if full != n:
-        grow = ((0, 0), (0, full - n), (0, 0), (0, 0))
-        q, k, v = (jnp.pad(x, grow) for x in (q, k, v))
-        segment_ids = jnp.pad(segment_ids, ((0, 0), (0, full - n)))
+    full = -(-n // 128) * 128  # the kernel tiles by 128 tokens
+    q, k, v, segment_ids = _pad_tokens(q, k, v, segment_ids, full)
     block = 512 if full % 512 == 0 else 128
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                               block_q_dkv=block, block_kv_dkv=block,
