@@ -74,6 +74,14 @@ class Workdir:
         return MetricsWriter(self.path, self.metrics_file, enabled=enabled)
 
     def checkpoints(self, *, read_only: bool = False, **options: Any) -> Checkpoints:
+        """The run's checkpoints; "best" is by the run's own eval.metric and its mode (from
+        config.json) unless `metric`/`mode` are given, so `DIR@best` of a run judged by macro
+        F1 or a loss picks its best checkpoint, not a missing accuracy."""
+        if "metric" not in options:
+            config = self.read_config()
+            if config is not None:
+                options.setdefault("mode", metric_mode(config))
+                options["metric"] = config.eval.metric
         return Checkpoints(self.checkpoints_dir, read_only=read_only, **options)
 
     # -- reading (evaluation, prediction, export, notebooks)
@@ -112,9 +120,7 @@ class Workdir:
             raise UserError(f"{self.path}: no checkpoints folder (not a training workdir, or "
                             "the run saved nothing yet)")
         config = self.read_config()
-        metric = config.eval.metric if config is not None else "accuracy"
-        mode = metric_mode(config)
-        ckpts = self.checkpoints(read_only=True, metric=metric, mode=mode)
+        ckpts = self.checkpoints(read_only=True)
         try:
             chosen = _choose_step(ckpts, step, self.path)
             # The checkpoint's own metadata builds the model: no config file or hub needed.

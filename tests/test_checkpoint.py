@@ -200,3 +200,31 @@ def test_nan_state_is_never_saved_nor_called_good(run_setup, tmp_path, monkeypat
     named = int(re.search(r"last good checkpoint \(step (\d+)\)", message).group(1))
     assert named == nan_step - 1 and max(_steps(workdir)) == named
     assert all(np.isfinite(v).all() for v in final_params(workdir, named).values())
+
+
+@pytest.mark.parametrize("metric,values,best", [("f1_macro", (0.60, 0.68, 0.66), 2),
+                                                ("loss", (0.9, 0.7, 0.8), 2)])
+def test_best_of_a_run_is_by_its_own_metric(metric, values, best, tmp_path):
+    """`DIR@best` (a teacher, a learning-curve start, load_run) of a run judged by macro F1 or
+    by its loss picks that run's best checkpoint by its metric and direction, not by accuracy
+    (which such checkpoints do not carry)."""
+    import numpy as np
+
+    from flax_sentiment.config import base_config, to_json
+    from flax_sentiment.training.distill import teacher_stamp
+    from flax_sentiment.workdir import Workdir
+
+    config = base_config()
+    config.eval.metric = metric
+    wd = Workdir(tmp_path / "run")
+    wd.path.mkdir()
+    wd.config_file.write_text(to_json(config))
+    saving = wd.checkpoints(metric=metric, mode="min" if metric == "loss" else "max",
+                            async_save=False, keep=3)
+    for step, value in enumerate(values, start=1):
+        saving.save(step, {"x": np.full(2, step, np.float32)}, {"meta": {}}, {metric: value})
+    saving.close()
+    reading = wd.checkpoints(read_only=True)
+    assert reading.best_step() == best
+    reading.close()
+    assert teacher_stamp(f"{wd.path}@best")["step"] == best
