@@ -163,6 +163,7 @@ class Workdir:
             adapters = lora.Adapters(spec, params, config.model.name_or_path)
             params = jax.device_get(spec.merge(params, frozen))
         model = model_def.merge(params)
+        _set_attention(model, config)
         arch = get_architecture(meta["model_type"])
         if masked_lm:
             arch = mlm_architecture(arch, meta["hf_config"])
@@ -170,6 +171,17 @@ class Workdir:
                    label_names=list(meta["label_names"]), config=config,
                    hf_config=meta["hf_config"], weights=weights, adapters=adapters,
                    start=meta.get("start"))
+
+
+def _set_attention(model: Any, config: ml_collections.ConfigDict) -> None:
+    """The run's model.attention for evaluating and predicting, or `auto` where this machine
+    cannot take it (a run trained with cuDNN, evaluated on a CPU)."""
+    chosen = option(config.model, "attention", "auto")
+    try:
+        model.encoder.set_attention(chosen, option(config.model, "attention_dropout", None))
+    except UserError as e:
+        log.info("%s; evaluating with model.attention=auto", e)
+        model.encoder.set_attention("auto")
 
 
 def _choose_step(ckpts: Checkpoints, step: int | str | None, where: Path) -> int:

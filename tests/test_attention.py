@@ -127,17 +127,27 @@ def test_refusals_name_the_key(tmp_path):
     assert {layer.attention.attention_dropout.rate for layer in bert.encoder._schedule()} == {0.1}
     with pytest.raises(UserError, match="model.attention_dropout=0.0"):
         bert.encoder.set_attention("cudnn")  # the checkpoint's 0.1
-    bert.encoder.set_attention("cudnn", 0.0)
+    bert.encoder.set_attention("xla", 0.0)
     assert {layer.attention.attention_dropout.rate for layer in bert.encoder._schedule()} == {0.0}
+    with pytest.raises(UserError, match="cuDNN runs on NVIDIA GPUs, this backend is cpu"):
+        bert.encoder.set_attention("cudnn")
+    with pytest.raises(UserError, match="the Pallas kernels run on GPUs and TPUs"):
+        bert.encoder.set_attention("pallas")
+    with pytest.raises(UserError, match="takes bfloat16 or float16.*model.dtype=bfloat16"):
+        attention.check("cudnn", model_type="bert", relative=False, local=False, extra=False,
+                        dropout=0.0, dtype=jnp.float32, backend="gpu")
     with pytest.raises(UserError, match=r"model.attention_dropout=1.0: must be in \[0, 1\)"):
         bert.encoder.set_attention("auto", 1.0)
     _, _, mpnet = _load("mpnet", tmp_path / "mpnet")
     with pytest.raises(UserError, match="position bias has no input in the Pallas kernels"):
         mpnet.encoder.set_attention("pallas")
-    mpnet.encoder.set_attention("cudnn")
+    attention.check("cudnn", model_type="mpnet", relative=False, local=False, extra=True,
+                    dropout=0.0, dtype=jnp.bfloat16, backend="gpu")
     _, _, modern = _load("modernbert-mean-biases", tmp_path / "modern")
+    modern.encoder.set_attention("xla")  # the local layers' one kernel path
     with pytest.raises(UserError, match="sliding-window.*model.attention=xla"):
-        modern.encoder.set_attention("cudnn")
+        attention.check("cudnn", model_type="modernbert", relative=False, local=True,
+                        extra=False, dropout=0.0, dtype=jnp.bfloat16, backend="gpu")
     for key, value, message in (("attention", "flash", "model.attention"),
                                 ("attention_dropout", 1.5, "model.attention_dropout")):
         c = base_config()
@@ -147,42 +157,54 @@ def test_refusals_name_the_key(tmp_path):
 
 
 def test_auto_by_backend_and_model():
-    def pick(backend, dtype=jnp.bfloat16, **kw):
-        args = dict(relative=False, local=False, extra=False, dropout=0.0, training=True)
-        return attention.resolve("auto", backend=backend, dtype=dtype, **{**args, **kw})
+    def pick(backend, dtype=jnp.bfloat16, implementation="auto", **kw):
+        args = dict(relative=False, local=False, extra=False, dropout=0.0, training=True,
+                    packed=False, length=64, capability=9.0)
+        return attention.resolve(implementation, backend=backend, dtype=dtype,
+                                 **{**args, **kw})
 
     assert pick("cpu") == "einsum"
     assert pick("gpu") == "cudnn" and pick("gpu", jnp.float32) == "xla"
+    assert pick("gpu", packed=True) == "cudnn" and pick("rocm") == "xla"
+    # cuDNN's ragged layout (packed rows) needs Hopper; a bias neither packed nor at odd lengths
+    assert pick("gpu", packed=True, capability=8.0) == "xla"
+    assert pick("gpu", capability=8.0) == "cudnn"
     assert pick("gpu", extra=True) == "cudnn"  # MPNet's bias is a cuDNN input
+    assert pick("gpu", extra=True, packed=True) == "xla"
+    assert pick("gpu", extra=True, length=65) == "xla"
+    with pytest.raises(UserError, match="need a Hopper GPU.*data.pack_length=0"):
+        pick("gpu", implementation="cudnn", packed=True, capability=8.0)
     assert pick("tpu") == "pallas" and pick("tpu", extra=True) == "xla"
     assert pick("gpu", local=True) == "xla" and pick("tpu", local=True) == "xla"
     assert pick("gpu", relative=True) == "einsum"
     # Attention dropout: the train step keeps einsum, evaluation takes the kernel.
     assert pick("gpu", dropout=0.1) == "einsum"
     assert pick("gpu", dropout=0.1, training=False) == "cudnn"
-    assert attention.resolve("xla", backend="cpu", dtype=jnp.float32, relative=False,
-                             local=False, extra=False, dropout=0.1, training=True) == "xla"
+    assert pick("cpu", jnp.float32, implementation="xla", dropout=0.1) == "xla"
 
 
 def test_cudnn_ragged_layout_of_packed_rows():
     """cuDNN's segment lengths and offsets describe exactly the packed rows' segments (so its
-    kernel attends within each example), -1 where a row has fewer examples than slots."""
+    kernel attends within each example) and the trailing padding as one more segment (so every
+    output row is written), present segments first and -1 after them."""
     cls, cfg, _ = ARCHS["bert"]
     split = _split(cfg, LENGTHS)
     rows = packing.first_fit_decreasing(split.lengths, 24)
     batch = packing.materialize_packed(split, rows + [[]], 24, 5, 0)
     seg = np.asarray(batch["segment_ids"])
     lengths, offsets = map(np.asarray, attention.segment_layout(jnp.asarray(seg), 5))
-    assert lengths.shape == (seg.shape[0], 5) and offsets.shape == (seg.shape[0], 6)
-    rebuilt = np.zeros_like(seg)
+    assert lengths.shape == (seg.shape[0], 6) and offsets.shape == (seg.shape[0], 7)
+    assert (offsets[:, -1] == -1).all()
     for r in range(seg.shape[0]):
-        for e in range(5):
-            if lengths[r, e] == -1:
-                assert offsets[r, e] == -1 and not (seg[r] == e + 1).any()
-                continue
-            rebuilt[r, offsets[r, e]:offsets[r, e] + lengths[r, e]] = e + 1
-    np.testing.assert_array_equal(rebuilt, seg)
-    assert (offsets[:, -1] == -1).all() and (lengths[-1] == -1).all()  # the empty row
+        count = int((lengths[r] > 0).sum())
+        assert (lengths[r, count:] == -1).all() and (offsets[r, count:] == -1).all()
+        rebuilt = np.full(seg.shape[1], -1)
+        for e in range(count):
+            assert offsets[r, e] == (0 if e == 0 else offsets[r, e - 1] + lengths[r, e - 1])
+            rebuilt[offsets[r, e]:offsets[r, e] + lengths[r, e]] = seg[r, offsets[r, e]]
+        np.testing.assert_array_equal(rebuilt, seg[r])  # every token in exactly its segment
+        assert len(set(seg[r][offsets[r, :count]])) == count  # one entry per segment
+    assert lengths[-1, 0] == 24 and (lengths[-1, 1:] == -1).all()  # the empty row: padding
     packed = PackedRows(jnp.asarray(seg), jnp.asarray(batch["positions"]),
                         jnp.asarray(batch["starts"]))
     mask = attention.build_mask(None, jnp.asarray(batch["input_ids"]), packed)
@@ -210,3 +232,20 @@ def test_train_step_with_attention_dropout_off(tmp_path):
     xla = train_logits()
     np.testing.assert_allclose(xla, einsum, atol=1e-5 * np.abs(einsum).max())
     assert np.abs(with_dropout - einsum).max() > 1e-3 * np.abs(einsum).max()
+
+
+def test_a_loaded_run_takes_its_attention_or_auto_where_it_cannot(tmp_path, caplog):
+    """Evaluation and prediction (`load_run`) use the run's model.attention, and `auto` on a
+    machine that cannot take it (a run trained with cuDNN, evaluated on a CPU), saying so."""
+    from flax_sentiment.workdir import _set_attention
+
+    _, _, model = _load("bert", tmp_path)
+    config = base_config()
+    config.model.attention, config.model.attention_dropout = "xla", 0.0
+    _set_attention(model, config)
+    assert {layer.attention.implementation for layer in model.encoder._schedule()} == {"xla"}
+    config.model.attention = "cudnn"
+    with caplog.at_level("INFO"):
+        _set_attention(model, config)
+    assert {layer.attention.implementation for layer in model.encoder._schedule()} == {"auto"}
+    assert "cuDNN runs on NVIDIA GPUs" in caplog.text

@@ -88,16 +88,39 @@ def build_mask(attention_mask: jax.Array | None, input_ids: jax.Array, packed=No
                 packed=packed is not None)
 
 
+def gpu_capability() -> float:
+    """The first device's CUDA compute capability (9.0 for Hopper), 0 off NVIDIA GPUs."""
+    device = jax.devices()[0]
+    try:
+        return float(getattr(device, "compute_capability", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def resolve(implementation: str, *, backend: str, dtype, relative: bool, local: bool,
-            extra: bool, dropout: float, training: bool) -> str:
+            extra: bool, dropout: float, training: bool, packed: bool = False,
+            length: int = 0, capability: float = 0.0) -> str:
     """The implementation one layer's attention takes. `auto`: on a CPU `einsum` (measured
-    there against `xla`: docs/BENCHMARKS.md); on a GPU `cudnn` for bfloat16/float16, else
-    `xla`; on a TPU `pallas` (splash) without a bias, else `xla`. Then, for `auto` only:
+    there against `xla`: docs/BENCHMARKS.md); on an NVIDIA GPU `cudnn` for bfloat16/float16,
+    else `xla`; on a TPU `pallas` (splash) without a bias, else `xla`. Then, for `auto` only:
     DeBERTa's relative terms and a train step with attention dropout take `einsum`; a local
-    (windowed) layer takes `xla` instead of a kernel."""
+    (windowed) layer takes `xla`; so do the cases cuDNN refuses: packed rows before Hopper
+    (`capability` < 9.0: cuDNN's ragged layout needs it), a bias with packed rows (unspecified
+    there) or at an odd length. An explicit `cudnn` in one of those cases is refused here."""
     if implementation not in IMPLEMENTATIONS + PALLAS:
         raise UserError(f"model.attention={implementation!r}: expected one of "
                         f"{', '.join(IMPLEMENTATIONS)}")
+    cudnn_refuses = None
+    if packed and capability < 9.0:
+        cudnn_refuses = ("packed rows (cuDNN's ragged layout) need a Hopper GPU or newer "
+                         f"(compute capability {capability})")
+    elif extra and packed:
+        cudnn_refuses = "a position bias with packed rows is not offered by cuDNN"
+    elif extra and length % 2:
+        cudnn_refuses = f"cuDNN takes a bias only at even lengths (got {length})"
+    if implementation == "cudnn" and cudnn_refuses:
+        raise UserError(f"model.attention=cudnn: {cudnn_refuses}; use model.attention=auto or "
+                        "xla, or data.pack_length=0 for padded batches")
     if implementation != "auto":
         return implementation
     if relative or (training and dropout > 0) or backend not in ACCELERATORS:
@@ -106,17 +129,21 @@ def resolve(implementation: str, *, backend: str, dtype, relative: bool, local: 
         return "xla"
     if backend == "tpu":
         return "xla" if extra else "pallas"
-    return "cudnn" if jnp.dtype(dtype) in CUDNN_DTYPES else "xla"
+    if backend == "rocm" or jnp.dtype(dtype) not in CUDNN_DTYPES or cudnn_refuses:
+        return "xla"
+    return "cudnn"
 
 
 def check(implementation: str, *, model_type: str, relative: bool, local: bool, extra: bool,
-          dropout: float) -> None:
-    """Refuse an explicit choice the model cannot take, naming the key to change."""
+          dropout: float, dtype=jnp.float32, backend: str | None = None) -> None:
+    """Refuse an explicit choice the model or the backend cannot take, naming the key to
+    change."""
     if implementation not in IMPLEMENTATIONS:
         raise UserError(f"model.attention={implementation!r}: expected one of "
                         f"{', '.join(IMPLEMENTATIONS)}")
     if implementation not in KERNELS:
         return
+    backend = backend or jax.default_backend()
     why = None
     if relative:
         why = f"{model_type}'s relative-position (c2p/p2c) scores need model.attention=einsum"
@@ -129,6 +156,13 @@ def check(implementation: str, *, model_type: str, relative: bool, local: bool, 
     elif extra and implementation == "pallas":
         why = (f"{model_type}'s position bias has no input in the Pallas kernels: use "
                "model.attention=cudnn, xla or auto")
+    elif implementation == "cudnn" and backend not in ("gpu", "cuda"):
+        why = f"cuDNN runs on NVIDIA GPUs, this backend is {backend}: use auto or xla"
+    elif implementation == "cudnn" and jnp.dtype(dtype) not in CUDNN_DTYPES:
+        why = (f"cuDNN's fused attention takes bfloat16 or float16, the model computes in "
+               f"{jnp.dtype(dtype)}: set model.dtype=bfloat16, or model.attention=xla")
+    elif implementation == "pallas" and backend not in ("gpu", "cuda", "tpu"):
+        why = f"the Pallas kernels run on GPUs and TPUs, this backend is {backend}: use auto"
     if why:
         raise UserError(f"model.attention={implementation}: {why}")
 
@@ -153,13 +187,22 @@ def fused(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask, implementation: 
 
 
 def segment_layout(segment_ids: jax.Array, slots: int) -> tuple[jax.Array, jax.Array]:
-    """cuDNN's ragged layout of packed rows: lengths [b, slots] and offsets [b, slots + 1] of
-    each row's segments 1..slots, -1 for a slot the row leaves empty (and the last offset)."""
-    ids = jnp.arange(1, slots + 1, dtype=segment_ids.dtype)
-    member = segment_ids[:, None, :] == ids[None, :, None]  # [b, slots, n]
+    """cuDNN's ragged layout of packed rows: lengths [b, slots + 1] and offsets
+    [b, slots + 2] of each row's segments in the row's order, its examples (segments 1..slots)
+    then its trailing padding (segment 0: it attends to itself, as the einsum path's padding
+    does, so that cuDNN writes every output and gradient row); -1 after a row's last segment,
+    as cuDNN expects, and as the last offset."""
+    ids = jnp.concatenate([jnp.arange(1, slots + 1, dtype=segment_ids.dtype),
+                           jnp.zeros((1,), segment_ids.dtype)])
+    member = segment_ids[:, None, :] == ids[None, :, None]  # [b, slots + 1, n]
     lengths = member.sum(-1).astype(jnp.int32)
     offsets = jnp.argmax(member, axis=-1).astype(jnp.int32)
-    lengths, offsets = (jnp.where(lengths > 0, x, -1) for x in (lengths, offsets))
+    present = lengths > 0
+    # Present segments first, in the order they sit in the row; absent ones after, as -1.
+    order = jnp.argsort(jnp.where(present, offsets, segment_ids.shape[1] + 1), axis=1)
+    lengths, offsets, present = (jnp.take_along_axis(x, order, axis=1)
+                                 for x in (lengths, offsets, present))
+    lengths, offsets = (jnp.where(present, x, -1) for x in (lengths, offsets))
     pad = jnp.full((segment_ids.shape[0], 1), -1, jnp.int32)
     return lengths, jnp.concatenate([offsets, pad], axis=1)
 

@@ -72,7 +72,7 @@ class Encoder(nnx.Module):
             attention_lib.check(implementation, model_type=self.cfg.model_type,
                                 relative=bool(att.c2p or att.p2c), local=att.local,
                                 extra=self.position_bias is not None,
-                                dropout=att.attention_dropout.rate)
+                                dropout=att.attention_dropout.rate, dtype=self.dtype)
             att.implementation = implementation
 
     def _schedule(self) -> list[TransformerLayer]:

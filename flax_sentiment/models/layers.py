@@ -457,7 +457,8 @@ class Attention(nnx.Module):
             self.implementation, backend=jax.default_backend(), dtype=self.dtype,
             relative=bool(self.c2p or self.p2c), local=self.local,
             extra=mask.extra is not None, dropout=self.attention_dropout.rate,
-            training=not deterministic)
+            training=not deterministic, packed=mask.packed,
+            length=mask.segment_ids.shape[1], capability=attention_lib.gpu_capability())
 
     def __call__(self, x, mask: attention_lib.Mask, rel=None, *, deterministic: bool, rngs,
                  positions: jax.Array | None = None) -> jax.Array:
