@@ -183,6 +183,24 @@ def test_auto_by_backend_and_model():
     assert pick("cpu", jnp.float32, implementation="xla", dropout=0.1) == "xla"
 
 
+def test_attention_dropout_default_by_backend(tmp_path):
+    """model.attention_dropout unset: 0.0 on accelerators under auto (their kernels have none),
+    the checkpoint's elsewhere; a set value always wins."""
+    from flax_sentiment.training.start import configure_encoder
+
+    assert attention.default_dropout("auto", "gpu") == 0.0
+    assert attention.default_dropout("auto", "tpu") == 0.0
+    assert attention.default_dropout("auto", "cpu") is None
+    assert attention.default_dropout("einsum", "gpu") is None
+    _, _, model = _load("bert", tmp_path, attention_dropout=None)
+    c = base_config()
+    configure_encoder(model, c.model)  # on this CPU: the checkpoint's 0.1
+    assert {layer.attention.attention_dropout.rate for layer in model.encoder._schedule()} == {0.1}
+    c.model.attention_dropout = 0.05
+    configure_encoder(model, c.model)
+    assert {layer.attention.attention_dropout.rate for layer in model.encoder._schedule()} == {0.05}
+
+
 def test_cudnn_ragged_layout_of_packed_rows():
     """cuDNN's segment lengths and offsets describe exactly the packed rows' segments (so its
     kernel attends within each example) and the trailing padding as one more segment (so every

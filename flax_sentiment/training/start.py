@@ -23,6 +23,7 @@ import jax
 from flax import nnx
 
 from flax_sentiment.errors import UserError
+from flax_sentiment.models import attention
 from flax_sentiment.models.architectures import get_architecture
 from flax_sentiment.models.classifier import SequenceClassifier
 from flax_sentiment.models.functional import ModelDef
@@ -40,7 +41,11 @@ def configure_encoder(model: SequenceClassifier | MaskedLM, options: Any) -> Non
     encoder = model.encoder
     encoder.remat = bool(get("remat", False))
     encoder.scan = bool(get("scan_layers", False))
-    encoder.set_attention(get("attention", "auto") or "auto", get("attention_dropout", None))
+    implementation = get("attention", "auto") or "auto"
+    rate = get("attention_dropout", None)
+    if rate is None:
+        rate = attention.default_dropout(implementation, jax.default_backend())
+    encoder.set_attention(implementation, rate)
 
 
 def parse_spec(spec: str, key: str = "model.name_or_path") -> tuple[str, int | str | None]:
