@@ -303,6 +303,7 @@ def test_a_changed_pack_sampling_refuses_to_resume():
 
     config = base_config()
     config.data.pack_length = 66
+    config.data.pack_sampling = "uniform"  # the default before stratified draws
     saved = json.loads(config.to_json())
     del saved["data"]["pack_sampling"]  # a checkpoint that predates the key
     check_resumable(saved, config)
@@ -311,6 +312,30 @@ def test_a_changed_pack_sampling_refuses_to_resume():
                                         "'stratified' but the checkpoint was trained with "
                                         "'uniform'"):
         check_resumable(saved, config)
+
+
+def test_resume_compares_the_resolved_pack_length_and_ignores_sampling_when_padded():
+    """data.pack_length=-1 (rows of max_length) resumes a run saved with the same rows as a
+    number; a padded run (pack_length 0) resumes whatever the packing keys say, and a changed
+    row length is still refused."""
+    from flax_sentiment.training.loop import check_resumable
+
+    config = base_config()
+    config.data.max_length = 66
+    saved = json.loads(config.to_json())
+    saved["data"]["pack_length"] = 66
+    check_resumable(saved, config)
+    config.data.max_length = 64
+    with pytest.raises(UserError, match="data.max_length"):
+        check_resumable(saved, config)
+    config.data.pack_length, config.data.max_length = 0, 66
+    padded = json.loads(config.to_json())
+    padded["data"]["pack_sampling"], padded["data"]["pack_row_multiple"] = "uniform", 3
+    check_resumable(padded, config)
+    config.data.pack_length = -1
+    with pytest.raises(UserError, match="data.pack_length is 66 but the checkpoint was "
+                                        "trained with 0"):
+        check_resumable(padded, config)
 
 
 @pytest.mark.parametrize("key,value", [
