@@ -6,16 +6,11 @@ First train the teacher into runs/tweet_eval_mpnet:
     scripts/train.py --config configs/tweet_eval_mpnet.py --workdir runs/tweet_eval_mpnet
 Its logits on the 12,284 labelled tweets are computed by the first student and cached."""
 
-from flax_sentiment.config import base_config, tweet_eval_minilm
+from flax_sentiment.config import base_config, tweet_eval_minilm, tweet_eval_techniques
 
 
 def get_config():
-    c = tweet_eval_minilm(base_config())
-    c.model.pooling = "mean"
-    c.model.reinit_layers = 1
-    c.train.learning_rate = 2e-4
-    c.train.layer_decay = 0.8
-    c.train.ema_decay = 0.99
+    c = tweet_eval_techniques(tweet_eval_minilm(base_config()))
     c.train.teacher = ("runs/tweet_eval_mpnet@best",)
     c.train.distill_weight = 0.8
     c.train.distill_temperature = 2.0

@@ -306,6 +306,18 @@ def tweet_eval_minilm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return c
 
 
+def tweet_eval_techniques(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """configs/tweet_eval_minilm_best.py's techniques (docs/RESULTS.md, row 11), for it and the
+    recipes built on it: mean pooling, the top layer re-initialised, layer decay 0.8 at twice
+    the base rate, an EMA (0.99) that judges and exports the run."""
+    c.model.pooling = "mean"
+    c.model.reinit_layers = 1
+    c.train.learning_rate = 2e-4
+    c.train.layer_decay = 0.8
+    c.train.ema_decay = 0.99
+    return c
+
+
 def baseline_training(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The training hyperparameters of `configs/sst2_minilm.py` (the fixed baseline, kept
     self-contained), for recipes that change something else and are compared with it."""
